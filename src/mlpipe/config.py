@@ -1,0 +1,197 @@
+"""The params schema: `params.yaml` is read once into these frozen, strict models.
+
+Defaults live here and only here. Each section is its own model so that later features extend
+a section by adding fields, and each stage declares in `dvc.yaml` the sections it reads.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mlpipe import MlpipeError
+
+DEFAULT_PARAMS_FILE = "params.yaml"
+
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+class Section(BaseModel):
+    """Base of every params section: unknown keys are errors and loaded params never change."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(Section):
+    source: str = Field(
+        "sklearn:digits",
+        pattern=r"^sklearn:[a-z_]+$",
+        description="Dataset to load: `sklearn:<name>` for a dataset bundled with scikit-learn.",
+    )
+    target: str | None = Field(
+        None, description="Target column; null means the dataset's own target."
+    )
+    task: Literal["auto", "classification", "regression"] = "auto"
+    test_size: Fraction = 0.2
+    valid_size: Fraction = 0.1
+
+    @model_validator(mode="after")
+    def _splits_leave_training_rows(self) -> DataParams:
+        if self.test_size + self.valid_size >= 1:
+            raise ValueError(
+                f"test_size + valid_size must be below 1 so that rows are left for training, "
+                f"got {self.test_size} + {self.valid_size}"
+            )
+        return self
+
+
+class ModelParams(Section):
+    hidden_units: list[Annotated[int, Field(gt=0)]] = Field([300, 100], min_length=1)
+    activation: Literal[
+        "relu", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "tanh", "sigmoid"
+    ] = "relu"
+    kernel_initializer: Literal[
+        "he_normal",
+        "he_uniform",
+        "glorot_normal",
+        "glorot_uniform",
+        "lecun_normal",
+        "lecun_uniform",
+    ] = "he_normal"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    batch_norm: bool = False
+
+
+class OptimizerParams(Section):
+    name: Literal["sgd", "rmsprop", "adam", "adamw", "nadam"] = "adam"
+    # No upper bound: an absurd rate is legal and should fail in training, where it is visible.
+    learning_rate: float = Field(1e-3, gt=0)
+
+
+class EarlyStoppingParams(Section):
+    patience: int = Field(10, ge=0)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainParams(Section):
+    epochs: int = Field(100, gt=0)
+    batch_size: int = Field(32, gt=0)
+    monitor: str = Field(
+        "val_loss",
+        pattern=r"^val_[a-z_]+$",
+        description="Validation metric for checkpointing and early stopping.",
+    )
+    optimizer: OptimizerParams = OptimizerParams()
+    early_stopping: EarlyStoppingParams = EarlyStoppingParams()
+
+
+class EvaluateParams(Section):
+    batch_size: int = Field(256, gt=0)
+
+
+class ExportParams(Section):
+    formats: list[Literal["keras", "saved_model"]] = Field(
+        ["keras", "saved_model"], min_length=1
+    )
+
+
+class Params(Section):
+    seed: int = Field(42, ge=0)
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
+
+
+class ParamsError(MlpipeError):
+    """params.yaml is unreadable or does not match the schema."""
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
+    """Read and validate the whole params file; raise ParamsError naming every bad key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found; run from the project root") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw or {}, source=str(path))
+
+
+def parse_params(raw: Any, source: str = DEFAULT_PARAMS_FILE) -> Params:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        problems = [_describe(e) for e in err.errors()]
+        raise ParamsError(
+            f"{source}: {len(problems)} invalid param(s):\n" + "\n".join(f"  - {p}" for p in problems)
+        ) from None
+
+
+def params_hash(params: Params, sections: tuple[str, ...]) -> str:
+    """SHA-256 of the given sections with defaults filled in, independent of key order."""
+    dumped = params.model_dump(mode="json", include=set(sections))
+    return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()
+
+
+def _describe(error: dict) -> str:
+    loc = error["loc"]
+    path = _format_path(loc)
+    if error["type"] == "extra_forbidden":
+        key = str(loc[-1])
+        valid = _fields_at(loc[:-1])
+        hint = ""
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        if close:
+            hint = f"; did you mean `{close[0]}`?"
+        where = f"`{_format_path(loc[:-1])}`" if loc[:-1] else "the top level"
+        return f"unknown key `{path}`{hint} Valid keys at {where}: {', '.join(valid)}"
+    if error["type"] == "missing":
+        return f"`{path}`: required key is missing"
+    got = error.get("input")
+    got_text = "" if error["type"] == "value_error" else f" (got {got!r})"
+    return f"`{path}`: {error['msg']}{got_text}"
+
+
+def _format_path(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Field names of the section found by following `loc` from the root."""
+    model: type[BaseModel] = Params
+    for part in loc:
+        if not isinstance(part, str) or part not in model.model_fields:
+            break
+        sub = _section_type(model.model_fields[part].annotation)
+        if sub is None:
+            break
+        model = sub
+    return list(model.model_fields)
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    candidates = (
+        typing.get_args(annotation)
+        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+        else (annotation,)
+    )
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None

@@ -1,0 +1,44 @@
+"""Build: the untrained MLP, with a Normalization layer adapted on the training split.
+
+Reads:  <prepared>/train.parquet, <prepared>/schema.json.
+Writes: <model> (.keras) and <summary> (layers, output shapes, parameter counts).
+Params: seed, model.
+"""
+
+import argparse
+import logging
+from pathlib import Path
+
+from mlpipe import data, io, stage
+from mlpipe.config import load_params
+
+log = logging.getLogger("mlpipe.build")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("prepared", type=Path, help="folder written by the prepare stage")
+    parser.add_argument("model", type=Path, help="where to write the untrained .keras model")
+    parser.add_argument("summary", type=Path, help="where to write the model summary")
+    args = parser.parse_args()
+    params = load_params()
+
+    from mlpipe import models, runtime
+
+    runtime.seed_everything(params.seed)
+
+    # Data: only the training split is seen here
+    schema = data.read_schema(args.prepared)
+    train = data.read_splits(args.prepared, ("train",))["train"]
+    x_train, _ = data.features_and_target(train, schema)
+
+    # Build and save
+    model = models.build_model(params.model, schema, x_train)
+    summary = models.summary_text(model)
+    log.info("built %s with %d parameters", model.name, model.count_params())
+    models.save_model(model, args.model)
+    io.write_text(args.summary, summary)
+
+
+if __name__ == "__main__":
+    stage.run(main)

@@ -1,0 +1,49 @@
+"""Evaluate: score the trained model on the test split.
+
+Reads:  <prepared>/test.parquet, <prepared>/schema.json, <model> (.keras).
+Writes: <metrics> (test metrics at the top level) and, for classification, <confusion>
+        (actual and predicted label per test row, for DVC's confusion template).
+Params: evaluate.
+"""
+
+import argparse
+import logging
+from pathlib import Path
+
+from mlpipe import data, io, metrics, stage
+from mlpipe.config import load_params
+
+log = logging.getLogger("mlpipe.evaluate")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("prepared", type=Path, help="folder written by the prepare stage")
+    parser.add_argument("model", type=Path, help="trained .keras model")
+    parser.add_argument("metrics", type=Path, help="where to write the test metrics JSON")
+    parser.add_argument("confusion", type=Path, help="where to write the confusion-matrix CSV")
+    args = parser.parse_args()
+    params = load_params()
+
+    from mlpipe import models
+
+    # Data and model
+    schema = data.read_schema(args.prepared)
+    test = data.read_splits(args.prepared, ("test",))["test"]
+    x_test, y_test = data.features_and_target(test, schema)
+    model = models.load_model(args.model)
+
+    # Score
+    raw = model.predict(x_test, batch_size=params.evaluate.batch_size, verbose=0)
+    scores = metrics.score(schema, y_test, raw)
+    log.info("test: %s", " ".join(f"{k}={v}" for k, v in scores.items()))
+
+    # Write
+    if schema["task"] == "classification":
+        rows = metrics.confusion_rows(schema, y_test, raw)
+        io.write_text(args.confusion, rows.to_csv(index=False))
+    io.write_json(args.metrics, scores)
+
+
+if __name__ == "__main__":
+    stage.run(main)

@@ -1,0 +1,40 @@
+"""Export: the trained model as `.keras` and TensorFlow SavedModel, with provenance metadata.
+
+Reads:  <model> (.keras), <prepared>/schema.json, <prepared>/train.parquet (hashed).
+Writes: <out>/model.keras, <out>/saved_model/, <out>/metadata.json (features, classes,
+        library versions, git commit, params and training-data hashes).
+Params: seed, data, model, train (hashed into the metadata), export.
+"""
+
+import argparse
+import logging
+from pathlib import Path
+
+from mlpipe import data, io, stage
+from mlpipe.config import load_params
+
+log = logging.getLogger("mlpipe.export")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("prepared", type=Path, help="folder written by the prepare stage")
+    parser.add_argument("model", type=Path, help="trained .keras model")
+    parser.add_argument("out", type=Path, help="export folder, replaced whole on success")
+    args = parser.parse_args()
+    params = load_params()
+
+    from mlpipe import export, models
+
+    schema = data.read_schema(args.prepared)
+    model = models.load_model(args.model)
+    info = export.metadata(schema, params, args.prepared / "train.parquet")
+
+    with io.atomic_dir(args.out) as tmp:
+        export.write_formats(args.model, model, params.export.formats, tmp)
+        io.write_json(tmp / export.METADATA_FILE, info)
+    log.info("exported %s to %s", ", ".join(params.export.formats), args.out)
+
+
+if __name__ == "__main__":
+    stage.run(main)

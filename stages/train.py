@@ -1,0 +1,68 @@
+"""Train: fit the built model with checkpointing, early stopping, TensorBoard and DVCLive.
+
+Reads:  <prepared>/{train,valid}.parquet, <prepared>/schema.json, <untrained> (.keras).
+Writes: <model> (the best epoch's .keras), <metrics> (epochs run, best epoch, best validation
+        value, seconds), per-epoch curves under <dvclive>, TensorBoard logs under
+        <tensorboard>/<experiment name or "workspace">.
+Params: seed, train.
+"""
+
+import argparse
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from mlpipe import data, io, stage
+from mlpipe.config import load_params
+
+log = logging.getLogger("mlpipe.train")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("prepared", type=Path, help="folder written by the prepare stage")
+    parser.add_argument("untrained", type=Path, help="model written by the build stage")
+    parser.add_argument("model", type=Path, help="where to write the trained .keras model")
+    parser.add_argument("metrics", type=Path, help="where to write the training summary JSON")
+    parser.add_argument("--dvclive", type=Path, required=True, help="DVCLive folder")
+    parser.add_argument("--tensorboard", type=Path, required=True, help="TensorBoard root")
+    args = parser.parse_args()
+    params = load_params()
+
+    from mlpipe import models, runtime, training
+
+    # Data
+    schema = data.read_schema(args.prepared)
+    training.check_monitor(params.train, schema)
+    splits = data.read_splits(args.prepared, ("train", "valid"))
+    xy = {name: data.features_and_target(frame, schema) for name, frame in splits.items()}
+
+    # Model
+    runtime.seed_everything(params.seed)
+    model = models.load_model(args.untrained)
+    training.compile_model(model, params.train, schema)
+
+    # Train. The checkpoint lives beside the output and replaces it only once fit succeeds.
+    run_name = os.environ.get("DVC_EXP_NAME") or "workspace"
+    tensorboard = args.tensorboard / run_name
+    shutil.rmtree(tensorboard, ignore_errors=True)
+    checkpoint = args.model.with_name(f".{args.model.stem}.checkpoint.keras")
+    dirs = training.RunDirs(checkpoint=checkpoint, tensorboard=tensorboard, dvclive=args.dvclive)
+    try:
+        summary = training.fit(model, params.train, xy, dirs)
+        checkpoint.replace(args.model)
+    finally:
+        checkpoint.unlink(missing_ok=True)
+    log.info(
+        "best epoch %d of %d: %s=%.4f",
+        summary["best_epoch"],
+        summary["epochs_run"],
+        summary["monitor"],
+        summary["best_monitor_value"],
+    )
+    io.write_json(args.metrics, summary)
+
+
+if __name__ == "__main__":
+    stage.run(main)
