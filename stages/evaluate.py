@@ -1,8 +1,8 @@
 """Evaluate: score the trained model on the test split.
 
 Reads:  <prepared>/test.parquet, <prepared>/schema.json, <model> (.keras).
-Writes: <metrics> (test metrics at the top level) and, for classification, <confusion>
-        (actual and predicted label per test row, for DVC's confusion template).
+Writes: <metrics> (test metrics at the top level) and <predictions> (actual and predicted
+        label or value per test row: the data of DVC's confusion-matrix plot).
 Params: evaluate.
 """
 
@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("prepared", type=Path, help="folder written by the prepare stage")
     parser.add_argument("model", type=Path, help="trained .keras model")
     parser.add_argument("metrics", type=Path, help="where to write the test metrics JSON")
-    parser.add_argument("confusion", type=Path, help="where to write the confusion-matrix CSV")
+    parser.add_argument("predictions", type=Path, help="where to write per-row predictions CSV")
     args = parser.parse_args()
     params = load_params()
 
@@ -39,9 +39,8 @@ def main() -> None:
     log.info("test: %s", " ".join(f"{k}={v}" for k, v in scores.items()))
 
     # Write
-    if schema["task"] == "classification":
-        rows = metrics.confusion_rows(schema, y_test, raw)
-        io.write_text(args.confusion, rows.to_csv(index=False))
+    rows = metrics.prediction_rows(schema, y_test, raw)
+    io.write_text(args.predictions, rows.to_csv(index=False))
     io.write_json(args.metrics, scores)
 
 

@@ -66,8 +66,14 @@ class ModelParams(Section):
         "lecun_normal",
         "lecun_uniform",
     ] = "he_normal"
+    clip_inputs: float | None = Field(
+        5.0,
+        gt=0,
+        description="Clip standardized features to +/- this many training standard deviations.",
+    )
     dropout: float = Field(0.0, ge=0, lt=1)
     batch_norm: bool = False
+    l2: float = Field(0.0, ge=0, description="L2 penalty on the hidden layers' kernels.")
 
 
 class OptimizerParams(Section):
@@ -98,9 +104,7 @@ class EvaluateParams(Section):
 
 
 class ExportParams(Section):
-    formats: list[Literal["keras", "saved_model"]] = Field(
-        ["keras", "saved_model"], min_length=1
-    )
+    formats: list[Literal["keras", "saved_model"]] = Field(["keras", "saved_model"], min_length=1)
 
 
 class Params(Section):
@@ -136,7 +140,8 @@ def parse_params(raw: Any, source: str = DEFAULT_PARAMS_FILE) -> Params:
     except ValidationError as err:
         problems = [_describe(e) for e in err.errors()]
         raise ParamsError(
-            f"{source}: {len(problems)} invalid param(s):\n" + "\n".join(f"  - {p}" for p in problems)
+            f"{source}: {len(problems)} invalid param(s):\n"
+            + "\n".join(f"  - {p}" for p in problems)
         ) from None
 
 

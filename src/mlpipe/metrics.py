@@ -27,7 +27,9 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict:
     if n_classes == 2:
         roc_auc = skm.roc_auc_score(y_true, proba[:, 1])
     else:
-        roc_auc = skm.roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=labels)
+        roc_auc = skm.roc_auc_score(
+            y_true, proba, multi_class="ovr", average="macro", labels=labels
+        )
     values = {
         "accuracy": skm.accuracy_score(y_true, y_pred),
         "balanced_accuracy": skm.balanced_accuracy_score(y_true, y_pred),
@@ -62,8 +64,11 @@ def score(schema: dict, y_true: np.ndarray, raw_predictions: np.ndarray) -> dict
     return classification_metrics(y_true, proba)
 
 
-def confusion_rows(schema: dict, y_true: np.ndarray, raw_predictions: np.ndarray) -> pd.DataFrame:
-    """One row per example with its actual and predicted label, for DVC's confusion template."""
+def prediction_rows(schema: dict, y_true: np.ndarray, raw_predictions: np.ndarray) -> pd.DataFrame:
+    """One row per example: actual and predicted label (or value), for DVC plot templates."""
+    if schema["task"] == "regression":
+        predicted = np.asarray(raw_predictions, dtype=np.float64).reshape(-1).round(DIGITS)
+        return pd.DataFrame({"actual": y_true, "predicted": predicted})
     classes = np.asarray(schema["classes"], dtype=object)
     proba = class_probabilities(raw_predictions, len(classes))
     return pd.DataFrame({"actual": classes[y_true], "predicted": classes[proba.argmax(axis=1)]})

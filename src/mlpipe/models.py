@@ -21,6 +21,19 @@ def output_layer(schema: dict) -> keras.layers.Dense:
     return keras.layers.Dense(n_classes, activation="softmax", name="output")
 
 
+def clip_layers(limit: float) -> list[keras.layers.Layer]:
+    """Clip to [-limit, limit] with built-in layers only, so the saved model needs no mlpipe.
+
+    A feature that is (nearly) constant in training has a tiny standard deviation; an unseen
+    value then standardizes to thousands and swamps the network. Clipping bounds that damage.
+    """
+    return [
+        keras.layers.Rescaling(1 / limit, name="clip_scale_down"),
+        keras.layers.Activation("hard_tanh", name="clip"),
+        keras.layers.Rescaling(limit, name="clip_scale_up"),
+    ]
+
+
 def build_model(cfg: ModelParams, schema: dict, x_train: np.ndarray) -> keras.Model:
     """A Sequential MLP whose first layer standardises features with training-split statistics."""
     normalization = keras.layers.Normalization(name="normalization")
@@ -29,12 +42,15 @@ def build_model(cfg: ModelParams, schema: dict, x_train: np.ndarray) -> keras.Mo
         keras.Input(shape=(len(schema["features"]),), name="features"),
         normalization,
     ]
+    if cfg.clip_inputs is not None:
+        layers += clip_layers(cfg.clip_inputs)
     for i, units in enumerate(cfg.hidden_units, start=1):
         layers.append(
             keras.layers.Dense(
                 units,
                 activation=cfg.activation,
                 kernel_initializer=cfg.kernel_initializer,
+                kernel_regularizer=keras.regularizers.L2(cfg.l2) if cfg.l2 else None,
                 name=f"hidden_{i}",
             )
         )

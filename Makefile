@@ -1,0 +1,39 @@
+# The front door: `make repro` runs the pipeline, `make test` checks it. Both build .venv first.
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Stage commands in dvc.yaml call `python`; this makes it the project's.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+.PHONY: help venv repro test lint format dag clean
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+venv: $(VENV)/.installed ## create .venv with the pinned dependencies
+
+repro: venv ## run the pipeline (dvc repro); only changed stages run
+	$(BIN)/dvc repro
+
+test: venv lint ## lint, then run the test suite
+	$(BIN)/python -m pytest
+
+lint: venv ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+dag: venv ## print the stage graph
+	$(BIN)/dvc dag
+
+clean: ## remove .venv (DVC outputs stay; `dvc gc` prunes the cache)
+	rm -rf $(VENV)

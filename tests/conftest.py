@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny params and the digits splits, made in memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlpipe import data
+from mlpipe.config import Params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "seed": 7,
+    "model": {"hidden_units": [32, 16]},
+    "train": {"epochs": 4, "batch_size": 64, "early_stopping": {"patience": 2}},
+}
+
+
+def tiny_params(**sections) -> Params:
+    raw = {key: dict(value) if isinstance(value, dict) else value for key, value in TINY.items()}
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return parse_params(raw)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """(splits, schema) of the default dataset with tiny params."""
+    params = tiny_params()
+    frame, default_target = data.load_source(params.data.source)
+    target, task = data.select_target(frame, params.data, default_target)
+    splits = data.split_frame(frame, target, task, params.data, params.seed)
+    return splits, data.make_schema(frame, target, task)
+
+
+@pytest.fixture
+def prepared_dir(tmp_path, digits) -> Path:
+    """A folder laid out as the prepare stage writes it."""
+    from mlpipe import io
+
+    splits, schema = digits
+    out = tmp_path / "prepared"
+    out.mkdir()
+    for name, part in splits.items():
+        part.to_parquet(out / f"{name}.parquet", index=False)
+    io.write_json(out / data.SCHEMA_FILE, schema)
+    return out

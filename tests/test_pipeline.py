@@ -1,0 +1,124 @@
+"""End to end: the real `dvc repro` and `dvc exp run` in a throw-away clone of this repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+
+STAGES = {"prepare", "build", "train", "evaluate", "export"}
+# Small enough for seconds per stage, big enough that metrics are meaningful.
+TINY = {
+    "model": {"hidden_units": [32]},
+    "train": {"epochs": 3, "batch_size": 64, "early_stopping": {"patience": 2}},
+    "export": {"formats": ["keras"]},
+}
+
+
+def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    venv_bin = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}",
+        # The clone's own code, not the editable install's, is what runs.
+        "PYTHONPATH": str(cwd / "src"),
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.com",
+    }
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def stages_run(result: subprocess.CompletedProcess) -> set[str]:
+    return set(re.findall(r"Running stage '(\w+)'", result.stdout + result.stderr))
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    path = tmp_path_factory.mktemp("clone") / "repo"
+    run(["git", "clone", "-q", str(ROOT), str(path)], cwd=ROOT)
+    return path
+
+
+def test_committed_metrics_and_plots_show_without_running(clone):
+    metrics = run(["dvc", "metrics", "show", "--json"], cwd=clone)
+    shown = json.loads(metrics.stdout)
+    values = next(iter(shown.values()))["data"]["metrics/evaluate.json"]["data"]
+    assert values["accuracy"] >= 0.975
+    run(["dvc", "plots", "show", "-o", "plots_html"], cwd=clone)
+    page = (clone / "plots_html" / "index.html").read_text()
+    assert page.count("vegaEmbed(") >= 3
+    assert not (clone / "models" / "model.keras").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny(clone) -> Path:
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section] = {**params[section], **values}
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "commit", "-qam", "tiny params"], cwd=clone)
+    first = run(["dvc", "repro"], cwd=clone)
+    assert stages_run(first) == STAGES
+    return clone
+
+
+def test_first_run_trains_a_useful_model(tiny):
+    scores = json.loads((tiny / "metrics/evaluate.json").read_text())
+    assert scores["accuracy"] > 0.85
+    assert (tiny / "models/export/model.keras").is_file()
+    assert run(["dvc", "status"], cwd=tiny).stdout.strip().endswith("up to date.")
+
+
+def test_repro_without_changes_runs_nothing(tiny):
+    assert stages_run(run(["dvc", "repro"], cwd=tiny)) == set()
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("train.optimizer.learning_rate=0.002", {"train", "evaluate", "export"}),
+        ("model.hidden_units=[24,12]", {"build", "train", "evaluate", "export"}),
+        ("evaluate.batch_size=64", {"evaluate"}),
+    ],
+)
+def test_experiment_reruns_only_affected_stages(tiny, setting, expected):
+    result = run(["dvc", "exp", "run", "-S", setting], cwd=tiny)
+    assert stages_run(result) == expected
+
+
+def test_typo_fails_before_training(tiny):
+    result = run(
+        ["dvc", "exp", "run", "-S", "train.optimizer.learnin_rate=0.1"], cwd=tiny, check=False
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "learnin_rate" in output and "did you mean `learning_rate`?" in output
+    assert "epoch 1/" not in output
+    run(["git", "checkout", "--", "params.yaml"], cwd=tiny)
+
+
+def test_forced_reruns_give_identical_metrics(tiny):
+    outputs = []
+    for _ in range(2):
+        assert stages_run(run(["dvc", "repro", "--force"], cwd=tiny)) == STAGES
+        outputs.append((tiny / "metrics/evaluate.json").read_bytes())
+    assert outputs[0] == outputs[1]
+    assert json.loads(outputs[0])["accuracy"] > 0.85
