@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
     "seed": 7,
-    "model": {"hidden_units": [32, 16]},
-    "train": {"epochs": 4, "batch_size": 64, "early_stopping": {"patience": 2}},
+    "model": {"hidden_units": [64]},
+    "train": {"epochs": 4, "early_stopping": {"patience": 2}},
 }
 
 

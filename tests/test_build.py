@@ -55,8 +55,23 @@ def test_hidden_layers_dropout_batch_norm_and_l2():
     assert all(layer.kernel_regularizer.l2 == pytest.approx(0.01) for layer in dense)
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds.count("BatchNormalization") == 3 and kinds.count("Dropout") == 3
-    plain = models.build_model(ModelParams(hidden_units=[16]), schema_for("regression"), x)
+    plain = models.build_model(
+        ModelParams(hidden_units=[16], clip_inputs=None), schema_for("regression"), x
+    )
     assert {type(layer).__name__ for layer in plain.layers} == {"Normalization", "Dense"}
+
+
+def test_standardized_inputs_are_clipped():
+    x = np.zeros((40, 2), dtype="float32")
+    x[:20, 1] = 2.0  # feature 0 is constant in training, feature 1 has mean 1 and std 1
+    model = models.build_model(
+        ModelParams(hidden_units=[4], clip_inputs=3.0), schema_for("regression", n_features=2), x
+    )
+    clipped = keras.Model(model.inputs, model.get_layer("clip_scale_up").output)
+    probe = np.array([[0.0, 1.5], [16.0, -40.0], [-16.0, 40.0]], dtype="float32")
+    np.testing.assert_allclose(
+        clipped.predict(probe, verbose=0), [[0.0, 0.5], [3.0, -3.0], [-3.0, 3.0]], atol=1e-5
+    )
 
 
 def test_same_seed_builds_the_same_weights():

@@ -76,7 +76,9 @@ def test_stage_writes_metrics_and_prediction_rows(prepared_dir, tmp_path):
     assert 0 <= scores["accuracy"] <= 1
     rows = pd.read_csv(tmp_path / "predictions.csv")
     assert list(rows.columns) == ["actual", "predicted"] and len(rows) == 360
-    assert (rows["actual"] == rows["predicted"]).mean() == pytest.approx(scores["accuracy"])
+    assert (rows["actual"] == rows["predicted"]).mean() == pytest.approx(
+        scores["accuracy"], abs=1e-6
+    )
 
 
 def test_regression_prediction_rows_keep_values():

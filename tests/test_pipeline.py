@@ -104,13 +104,31 @@ def test_experiment_reruns_only_affected_stages(tiny, setting, expected):
     assert stages_run(result) == expected
 
 
-def test_typo_fails_before_training(tiny):
-    result = run(
-        ["dvc", "exp", "run", "-S", "train.optimizer.learnin_rate=0.1"], cwd=tiny, check=False
-    )
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "train.optimizer.learnin_rate=0.1",  # DVC itself refuses a key that is not there
+        "+train.optimizer.learnin_rate=0.1",  # forced in, it reaches the stage's own check
+    ],
+)
+def test_typo_fails_before_training(tiny, setting):
+    result = run(["dvc", "exp", "run", "-S", setting], cwd=tiny, check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "learnin_rate" in output and "did you mean `learning_rate`?" in output
+    assert "learnin_rate" in output
+    if setting.startswith("+"):
+        assert "did you mean `learning_rate`?" in output
+    assert "epoch 1/" not in output
+    run(["git", "checkout", "--", "params.yaml"], cwd=tiny)
+
+
+def test_typo_in_edited_params_stops_repro(tiny):
+    params = (tiny / "params.yaml").read_text()
+    (tiny / "params.yaml").write_text(params.replace("epochs:", "epohcs:"))
+    result = run(["dvc", "repro"], cwd=tiny, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "`train.epohcs`; did you mean `epochs`?" in output
     assert "epoch 1/" not in output
     run(["git", "checkout", "--", "params.yaml"], cwd=tiny)
 
