@@ -20,8 +20,8 @@ pytestmark = pytest.mark.e2e
 STAGES = {"prepare", "build", "train", "evaluate", "export"}
 # Small enough for seconds per stage, big enough that metrics are meaningful.
 TINY = {
-    "model": {"hidden_units": [32]},
-    "train": {"epochs": 3, "batch_size": 64, "early_stopping": {"patience": 2}},
+    "model": {"hidden_units": [64]},
+    "train": {"epochs": 4, "early_stopping": {"patience": 2}},
     "export": {"formats": ["keras"]},
 }
 
