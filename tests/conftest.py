@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,13 @@ def tiny_params(**sections) -> Params:
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
     return parse_params(raw)
+
+
+def run_stage(stage: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run `stages/<stage>.py` as DVC would, from `cwd`, with this checkout's package."""
+    command = [sys.executable, str(ROOT / "stages" / f"{stage}.py"), *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,11 @@
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, tiny_params
+from conftest import run_stage, tiny_params
 from mlpipe import data, metrics, models
 
 
@@ -60,16 +57,8 @@ def test_stage_writes_metrics_and_prediction_rows(prepared_dir, tmp_path):
     schema = data.read_schema(prepared_dir)
     x_train, _ = data.features_and_target(data.read_splits(prepared_dir)["train"], schema)
     models.save_model(models.build_model(params.model, schema, x_train), tmp_path / "m.keras")
-    command = [
-        sys.executable,
-        str(ROOT / "stages/evaluate.py"),
-        str(prepared_dir),
-        "m.keras",
-        "evaluate.json",
-        "predictions.csv",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    args = [str(prepared_dir), "m.keras", "evaluate.json", "predictions.csv"]
+    result = run_stage("evaluate", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     scores = json.loads((tmp_path / "evaluate.json").read_text())
     assert {"accuracy", "f1_macro", "roc_auc", "log_loss"} <= set(scores)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_stage
 from mlpipe import data
 from mlpipe.config import DataParams
 
@@ -119,3 +119,17 @@ def test_stage_writes_splits_and_schema_without_importing_tensorflow(tmp_path):
         "valid.parquet",
     ]
     assert len(pd.read_parquet(out / "test.parquet")) == 360
+
+
+def test_stage_error_names_the_column_and_keeps_previous_outputs(tmp_path):
+    (tmp_path / "params.yaml").write_text("seed: 3\n")
+    assert run_stage("prepare", "out", cwd=tmp_path).returncode == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+
+    (tmp_path / "params.yaml").write_text("data:\n  target: price\n")
+    result = run_stage("prepare", "out", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "data.target: column `price` is not in sklearn:digits" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "params.yaml"]

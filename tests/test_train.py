@@ -1,14 +1,11 @@
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, tiny_params
+from conftest import run_stage, tiny_params
 from mlpipe import MlpipeError, data, models, runtime, training
 from mlpipe.config import OptimizerParams
 
@@ -84,20 +81,9 @@ def test_stage_replaces_model_only_when_training_succeeds(prepared_dir, tmp_path
     schema = data.read_schema(prepared_dir)
     x_train, _ = data.features_and_target(data.read_splits(prepared_dir)["train"], schema)
     models.save_model(models.build_model(tiny_params().model, schema, x_train), untrained)
-    command = [
-        sys.executable,
-        str(ROOT / "stages/train.py"),
-        str(prepared_dir),
-        str(untrained),
-        "model.keras",
-        "train.json",
-        "--dvclive",
-        "live",
-        "--tensorboard",
-        "tb",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    args = [str(prepared_dir), str(untrained), "model.keras", "train.json"]
+    args += ["--dvclive", "live", "--tensorboard", "tb"]
+    result = run_stage("train", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "train.json").read_text())
     assert set(summary) == {
@@ -115,7 +101,7 @@ def test_stage_replaces_model_only_when_training_succeeds(prepared_dir, tmp_path
     before = (tmp_path / "model.keras").read_bytes()
     bad = tiny_params(train={"monitor": "val_rmse"}).model_dump(mode="json")
     (tmp_path / "params.yaml").write_text(json.dumps(bad))
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    result = run_stage("train", *args, cwd=tmp_path)
     assert result.returncode == 2
     assert "train.monitor" in result.stderr and "Traceback" not in result.stderr
     assert (tmp_path / "model.keras").read_bytes() == before
