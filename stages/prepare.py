@@ -23,11 +23,12 @@ def main() -> None:
     # Load
     frame, default_target = data.load_source(params.data.source)
     target, task = data.select_target(frame, params.data, default_target)
+    data.check_weight_column(frame, params.data, target)
     log.info("%s: %d rows, target `%s`, task %s", params.data.source, len(frame), target, task)
 
     # Split
     splits = data.split_frame(frame, target, task, params.data, params.seed)
-    schema = data.make_schema(frame, target, task)
+    schema = data.make_schema(frame, target, task, params.data.weight_column)
 
     # Write everything or nothing
     with io.atomic_dir(args.out) as tmp:

@@ -1,5 +1,7 @@
 """Train: fit the built model with checkpointing, early stopping, TensorBoard and DVCLive.
 
+A loss that becomes NaN or infinite fails the stage (exit 2) and saves no model.
+
 Reads:  <prepared>/{train,valid}.parquet, <prepared>/schema.json, <untrained> (.keras).
 Writes: <model> (the best epoch's .keras), <metrics> (epochs run, best epoch, best validation
         value, seconds), per-epoch curves under <dvclive>, TensorBoard logs under
@@ -37,11 +39,15 @@ def main() -> None:
     training.check_monitor(params.train, schema)
     splits = data.read_splits(args.prepared, ("train", "valid"))
     xy = {name: data.features_and_target(frame, schema) for name, frame in splits.items()}
+    sample_weight = data.sample_weights(splits["train"], schema)
 
-    # Model
+    # Model, and the weighting checks Keras would only fail on mid-fit
     runtime.seed_everything(params.seed)
     model = models.load_model(args.untrained)
-    training.compile_model(model, params.train, schema)
+    training.check_weighting(params.train, schema, model)
+    class_weight = training.class_weights(params.train, schema, xy["train"][1])
+    steps_per_epoch = training.steps(len(xy["train"][0]), params.train.batch_size)
+    training.compile_model(model, params.train, schema, steps_per_epoch)
 
     # Train. The checkpoint lives beside the output and replaces it only once fit succeeds.
     run_name = os.environ.get("DVC_EXP_NAME") or "workspace"
@@ -50,7 +56,7 @@ def main() -> None:
     checkpoint = args.model.with_name(f".{args.model.stem}.checkpoint.keras")
     dirs = training.RunDirs(checkpoint=checkpoint, tensorboard=tensorboard, dvclive=args.dvclive)
     try:
-        summary = training.fit(model, params.train, xy, dirs)
+        summary = training.fit(model, params.train, xy, dirs, sample_weight, class_weight)
         checkpoint.replace(args.model)
     finally:
         checkpoint.unlink(missing_ok=True)

@@ -133,6 +133,19 @@ def test_typo_in_edited_params_stops_repro(tiny):
     run(["git", "checkout", "--", "params.yaml"], cwd=tiny)
 
 
+def test_diverging_run_fails_and_records_nothing(tiny):
+    lock = (tiny / "dvc.lock").read_text()
+    settings = ["-S", "train.optimizer.name=sgd", "-S", "train.optimizer.learning_rate=1000000"]
+    result = run(["dvc", "exp", "run", *settings], cwd=tiny, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert re.search(r"loss became nan at epoch 1, batch \d+", output)
+    assert not (tiny / "models/model.keras").exists()
+    assert not list((tiny / "models").glob(".*"))
+    assert (tiny / "dvc.lock").read_text() == lock
+    run(["git", "checkout", "--", "params.yaml"], cwd=tiny)
+
+
 def test_forced_reruns_give_identical_metrics(tiny):
     outputs = []
     for _ in range(2):

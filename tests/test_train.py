@@ -6,8 +6,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_stage, tiny_params
-from mlpipe import MlpipeError, data, models, runtime, training
-from mlpipe.config import OptimizerParams
+from mlpipe import MlpipeError, callbacks, data, models, runtime, training
 
 
 def fit_tiny(digits, tmp_path, **train):
@@ -16,7 +15,8 @@ def fit_tiny(digits, tmp_path, **train):
     xy = {name: data.features_and_target(part, schema) for name, part in splits.items()}
     runtime.seed_everything(params.seed)
     model = models.build_model(params.model, schema, xy["train"][0])
-    training.compile_model(model, params.train, schema)
+    steps = training.steps(len(xy["train"][0]), params.train.batch_size)
+    training.compile_model(model, params.train, schema, steps)
     dirs = training.RunDirs(tmp_path / "best.keras", tmp_path / "tb", tmp_path / "live")
     return model, training.fit(model, params.train, xy, dirs), dirs, xy
 
@@ -55,9 +55,21 @@ def test_same_seed_trains_identically(digits, tmp_path):
 
 @pytest.mark.parametrize("name", ["sgd", "rmsprop", "adam", "adamw", "nadam"])
 def test_optimizer_from_params(name):
-    optimizer = training.make_optimizer(OptimizerParams(name=name, learning_rate=0.02))
+    train = tiny_params(train={"optimizer": {"name": name, "learning_rate": 0.02}}).train
+    optimizer = training.make_optimizer(train, steps_per_epoch=10)
     assert type(optimizer).__name__.lower() == name
     assert float(optimizer.learning_rate) == pytest.approx(0.02)
+
+
+def test_each_optimizer_gets_its_own_settings():
+    sgd = {"name": "sgd", "sgd": {"momentum": 0.9, "nesterov": True}}
+    optimizer = training.make_optimizer(tiny_params(train={"optimizer": sgd}).train, 10)
+    assert optimizer.momentum == pytest.approx(0.9) and optimizer.nesterov is True
+    adamw = {"name": "adamw", "adamw": {"weight_decay": 0.01, "beta_1": 0.8}}
+    optimizer = training.make_optimizer(tiny_params(train={"optimizer": adamw}).train, 10)
+    assert optimizer.weight_decay == pytest.approx(0.01) and optimizer.beta_1 == pytest.approx(0.8)
+    # Settings of the optimizers not chosen are kept but unused.
+    assert not hasattr(optimizer, "nesterov")
 
 
 def test_monitor_must_exist_for_the_task():
@@ -106,3 +118,57 @@ def test_stage_replaces_model_only_when_training_succeeds(prepared_dir, tmp_path
     assert "train.monitor" in result.stderr and "Traceback" not in result.stderr
     assert (tmp_path / "model.keras").read_bytes() == before
     assert np.isfinite(summary["best_monitor_value"])
+
+
+def schedule(name, epochs=10, **settings):
+    cfg = {"name": name, **({name: settings} if settings else {})}
+    lr = {"learning_rate": 0.1}
+    return tiny_params(train={"epochs": epochs, "lr_schedule": cfg, "optimizer": lr}).train
+
+
+def test_exponential_and_cosine_decay_per_step():
+    rate = training.learning_rate(schedule("exponential", decay_rate=0.5, decay_epochs=2), 10)
+    assert float(rate(0)) == pytest.approx(0.1)
+    assert float(rate(20)) == pytest.approx(0.05)  # two epochs of ten steps halve it
+    rate = training.learning_rate(schedule("cosine", alpha=0.1), 10)
+    assert float(rate(50)) == pytest.approx(0.1 * (0.1 + 0.9 * 0.5), rel=1e-5)
+    assert float(rate(100)) == pytest.approx(0.01, rel=1e-5)
+    assert training.learning_rate(schedule("none"), 10) == 0.1
+
+
+def test_one_cycle_warms_up_to_the_peak_then_anneals():
+    (cycle,) = training.schedule_callbacks(schedule("one_cycle", warmup_fraction=0.25), 10)
+    assert cycle.rate(0) == pytest.approx(0.1 / 25)
+    assert cycle.rate(25) == pytest.approx(0.1)
+    assert cycle.rate(100) == pytest.approx(0.1 / 25 / 1e4)
+    rates = [cycle.rate(step) for step in range(101)]
+    assert rates.index(max(rates)) == 25
+
+
+def test_plateau_schedule_watches_the_monitor():
+    (plateau,) = training.schedule_callbacks(schedule("plateau", factor=0.2, patience=1), 10)
+    assert plateau.monitor == "val_loss" and plateau.factor == pytest.approx(0.2)
+
+
+def test_learning_rate_and_overfit_ratio_are_logged_each_epoch(digits, tmp_path):
+    _, summary, dirs, _ = fit_tiny(
+        digits, tmp_path, lr_schedule={"name": "exponential", "exponential": {"decay_epochs": 1}}
+    )
+    curves = dirs.dvclive / "plots/metrics/train"
+    rates = pd.read_csv(curves / "learning_rate.tsv", sep="\t")["learning_rate"]
+    assert len(rates) == summary["epochs_run"]
+    assert rates.iloc[0] == pytest.approx(0.001 * 0.5, rel=1e-3)  # after one epoch of steps
+    assert rates.is_monotonic_decreasing
+    ratio = pd.read_csv(curves / "overfit_ratio.tsv", sep="\t")["overfit_ratio"]
+    loss = pd.read_csv(curves / "loss.tsv", sep="\t")["loss"]
+    val_loss = pd.read_csv(dirs.dvclive / "plots/metrics/eval/loss.tsv", sep="\t")["loss"]
+    np.testing.assert_allclose(ratio, val_loss / loss, rtol=1e-4)
+    tags = {p.parent.name for p in dirs.tensorboard.rglob("events.out.tfevents.*")}
+    assert tags == {"train", "validation"}
+
+
+def test_diverging_loss_fails_with_epoch_and_batch(digits, tmp_path):
+    optimizer = {"name": "sgd", "learning_rate": 1e6}
+    with pytest.raises(callbacks.TrainingDiverged, match=r"loss became nan at epoch 1, batch \d+"):
+        fit_tiny(digits, tmp_path, optimizer=optimizer)
+    assert not (tmp_path / "best.keras").exists()

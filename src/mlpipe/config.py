@@ -9,13 +9,22 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 
 from mlpipe import MlpipeError
 
@@ -40,6 +49,9 @@ class DataParams(Section):
         None, description="Target column; null means the dataset's own target."
     )
     task: Literal["auto", "classification", "regression"] = "auto"
+    weight_column: str | None = Field(
+        None, description="Per-row sample weight column; never used as a feature."
+    )
     test_size: Fraction = 0.2
     valid_size: Fraction = 0.1
 
@@ -76,15 +88,116 @@ class ModelParams(Section):
     l2: float = Field(0.0, ge=0, description="L2 penalty on the hidden layers' kernels.")
 
 
+class SGDParams(Section):
+    momentum: float = Field(0.0, ge=0, lt=1)
+    nesterov: bool = False
+
+
+class RMSpropParams(Section):
+    rho: float = Field(0.9, gt=0, lt=1)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    epsilon: float = Field(1e-7, gt=0)
+
+
+class AdamParams(Section):
+    beta_1: float = Field(0.9, ge=0, lt=1)
+    beta_2: float = Field(0.999, ge=0, lt=1)
+    epsilon: float = Field(1e-7, gt=0)
+    amsgrad: bool = False
+
+
+class AdamWParams(AdamParams):
+    weight_decay: float = Field(0.004, ge=0)
+
+
+class NadamParams(Section):
+    beta_1: float = Field(0.9, ge=0, lt=1)
+    beta_2: float = Field(0.999, ge=0, lt=1)
+    epsilon: float = Field(1e-7, gt=0)
+
+
 class OptimizerParams(Section):
+    """`name` picks the optimizer; the section of the same name holds its own settings.
+
+    Every optimizer keeps its section, so `-S train.optimizer.name=sgd` switches without edits.
+    """
+
     name: Literal["sgd", "rmsprop", "adam", "adamw", "nadam"] = "adam"
     # No upper bound: an absurd rate is legal and should fail in training, where it is visible.
     learning_rate: float = Field(1e-3, gt=0)
+    sgd: SGDParams = SGDParams()
+    rmsprop: RMSpropParams = RMSpropParams()
+    adam: AdamParams = AdamParams()
+    adamw: AdamWParams = AdamWParams()
+    nadam: NadamParams = NadamParams()
+
+    def settings(self) -> dict:
+        """The chosen optimizer's own settings, as Keras keyword arguments."""
+        return getattr(self, self.name).model_dump()
+
+
+class ExponentialDecayParams(Section):
+    decay_rate: float = Field(0.5, gt=0, le=1, description="Multiply the rate by this ...")
+    decay_epochs: float = Field(10.0, gt=0, description="... every this many epochs, smoothly.")
+
+
+class CosineDecayParams(Section):
+    alpha: float = Field(0.0, ge=0, le=1, description="Final rate as a fraction of the first.")
+
+
+class PlateauParams(Section):
+    factor: float = Field(0.5, gt=0, lt=1)
+    patience: int = Field(3, ge=0)
+    min_learning_rate: float = Field(1e-6, ge=0)
+
+
+class OneCycleParams(Section):
+    warmup_fraction: float = Field(0.3, gt=0, lt=1)
+    div_factor: float = Field(25.0, gt=1, description="Start at learning_rate / div_factor.")
+    final_div_factor: float = Field(1e4, gt=1, description="End at the start / this.")
+
+
+class LRScheduleParams(Section):
+    """`name` picks the schedule; the section of the same name holds its settings."""
+
+    name: Literal["none", "exponential", "cosine", "plateau", "one_cycle"] = "none"
+    exponential: ExponentialDecayParams = ExponentialDecayParams()
+    cosine: CosineDecayParams = CosineDecayParams()
+    plateau: PlateauParams = PlateauParams()
+    one_cycle: OneCycleParams = OneCycleParams()
 
 
 class EarlyStoppingParams(Section):
     patience: int = Field(10, ge=0)
     min_delta: float = Field(0.0, ge=0)
+
+
+def _check_class_weight(value: Any) -> Any:
+    if value is None or value == "balanced":
+        return value
+    if isinstance(value, dict) and value:
+        weights = {}
+        for label, weight in value.items():
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+                raise ValueError(f"the weight of class {label!r} must be a number >= 0")
+            weights[label] = float(weight)
+        return weights
+    raise ValueError("expected null, `balanced`, or a mapping from class label to weight")
+
+
+ClassWeight = Annotated[
+    Any,
+    PlainValidator(_check_class_weight),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "null"},
+                {"const": "balanced"},
+                {"type": "object", "additionalProperties": {"type": "number", "minimum": 0}},
+            ]
+        }
+    ),
+]
 
 
 class TrainParams(Section):
@@ -95,7 +208,11 @@ class TrainParams(Section):
         pattern=r"^val_[a-z_]+$",
         description="Validation metric for checkpointing and early stopping.",
     )
+    class_weight: ClassWeight = Field(
+        None, description="null, `balanced`, or a mapping from class label to weight."
+    )
     optimizer: OptimizerParams = OptimizerParams()
+    lr_schedule: LRScheduleParams = LRScheduleParams()
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
 
 
@@ -138,7 +255,7 @@ def parse_params(raw: Any, source: str = DEFAULT_PARAMS_FILE) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
-        problems = [_describe(e) for e in err.errors()]
+        problems = list(dict.fromkeys(_describe(e) for e in err.errors()))
         raise ParamsError(
             f"{source}: {len(problems)} invalid param(s):\n"
             + "\n".join(f"  - {p}" for p in problems)
@@ -152,7 +269,8 @@ def params_hash(params: Params, sections: tuple[str, ...]) -> str:
 
 
 def _describe(error: dict) -> str:
-    loc = error["loc"]
+    # Drop the tags pydantic adds for union members (`literal['x']`, `dict[...]`).
+    loc = tuple(part for part in error["loc"] if not _UNION_TAG.match(str(part)))
     path = _format_path(loc)
     if error["type"] == "extra_forbidden":
         key = str(loc[-1])
@@ -166,8 +284,11 @@ def _describe(error: dict) -> str:
     if error["type"] == "missing":
         return f"`{path}`: required key is missing"
     got = error.get("input")
-    got_text = "" if error["type"] == "value_error" else f" (got {got!r})"
-    return f"`{path}`: {error['msg']}{got_text}"
+    got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"`{path}`: {error['msg'].removeprefix('Value error, ')}{got_text}"
+
+
+_UNION_TAG = re.compile(r"^[a-z-]+\[.*\]$")
 
 
 def _format_path(loc: tuple) -> str:

@@ -55,12 +55,22 @@ def infer_task(target: pd.Series) -> str:
     return "regression"
 
 
-def make_schema(frame: pd.DataFrame, target: str, task: str) -> dict:
+def make_schema(
+    frame: pd.DataFrame, target: str, task: str, weight_column: str | None = None
+) -> dict:
     """Describe features, target and classes: everything later stages need besides the rows."""
     features = [
-        {"name": str(col), "dtype": str(frame[col].dtype)} for col in frame.columns if col != target
+        {"name": str(col), "dtype": str(frame[col].dtype)}
+        for col in frame.columns
+        if col not in (target, weight_column)
     ]
-    schema = {"features": features, "target": target, "task": task, "classes": None}
+    schema = {
+        "features": features,
+        "target": target,
+        "task": task,
+        "classes": None,
+        "weight_column": weight_column,
+    }
     if task == "classification":
         schema["classes"] = [_plain(v) for v in sorted(frame[target].unique())]
     return schema
@@ -78,6 +88,33 @@ def select_target(frame: pd.DataFrame, data: DataParams, default_target: str) ->
     if task == "regression" and not pd.api.types.is_numeric_dtype(frame[target]):
         raise DataError(f"data.task is regression but target `{target}` is not numeric")
     return target, task
+
+
+def check_weight_column(frame: pd.DataFrame, data: DataParams, target: str) -> None:
+    """A sample-weight column must exist, differ from the target and hold numbers >= 0."""
+    name = data.weight_column
+    if name is None:
+        return
+    if name not in frame.columns or name == target:
+        raise DataError(
+            f"data.weight_column: column `{name}` is not a non-target column of {data.source}; "
+            f"columns are {', '.join(map(str, frame.columns))}"
+        )
+    weights = frame[name]
+    if not pd.api.types.is_numeric_dtype(weights) or pd.api.types.is_bool_dtype(weights):
+        raise DataError(f"data.weight_column `{name}` must be numeric, found {weights.dtype}")
+    bad = weights.isna() | (weights < 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(
+            f"data.weight_column `{name}` must be a number >= 0 in every row; "
+            f"row {row} (0-based) holds {_plain(weights.iloc[row])!r}"
+        )
+
+
+def sample_weights(frame: pd.DataFrame, schema: dict) -> np.ndarray | None:
+    name = schema.get("weight_column")
+    return None if name is None else frame[name].to_numpy(dtype=np.float32)
 
 
 def split_frame(

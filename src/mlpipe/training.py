@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,11 +11,12 @@ import keras
 import numpy as np
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
+from keras.optimizers.schedules import LearningRateSchedule
+from sklearn.utils.class_weight import compute_class_weight
 
 from mlpipe import MlpipeError
-from mlpipe.config import OptimizerParams, TrainParams
-
-log = logging.getLogger("mlpipe.train")
+from mlpipe.callbacks import DivergenceGuard, EpochLogger, OneCycle, TrainingSignals
+from mlpipe.config import TrainParams
 
 OPTIMIZERS = {
     "sgd": keras.optimizers.SGD,
@@ -60,25 +61,108 @@ def check_monitor(train: TrainParams, schema: dict) -> None:
         )
 
 
-def make_optimizer(cfg: OptimizerParams) -> keras.optimizers.Optimizer:
-    return OPTIMIZERS[cfg.name](learning_rate=cfg.learning_rate)
+def learning_rate(train: TrainParams, steps_per_epoch: int) -> float | LearningRateSchedule:
+    """The optimizer's rate: a number, or a built-in Keras schedule that decays it per step."""
+    rate = train.optimizer.learning_rate
+    schedule = train.lr_schedule
+    if schedule.name == "exponential":
+        return keras.optimizers.schedules.ExponentialDecay(
+            rate,
+            decay_steps=schedule.exponential.decay_epochs * steps_per_epoch,
+            decay_rate=schedule.exponential.decay_rate,
+        )
+    if schedule.name == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            rate, decay_steps=train.epochs * steps_per_epoch, alpha=schedule.cosine.alpha
+        )
+    return rate
 
 
-def compile_model(model: keras.Model, train: TrainParams, schema: dict) -> None:
+def schedule_callbacks(train: TrainParams, steps_per_epoch: int) -> list[keras.callbacks.Callback]:
+    """Schedules that act through callbacks rather than through the optimizer's rate."""
+    schedule = train.lr_schedule
+    if schedule.name == "plateau":
+        return [
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=train.monitor,
+                factor=schedule.plateau.factor,
+                patience=schedule.plateau.patience,
+                min_lr=schedule.plateau.min_learning_rate,
+            )
+        ]
+    if schedule.name == "one_cycle":
+        cycle = schedule.one_cycle
+        return [
+            OneCycle(
+                train.optimizer.learning_rate,
+                train.epochs * steps_per_epoch,
+                cycle.warmup_fraction,
+                cycle.div_factor,
+                cycle.final_div_factor,
+            )
+        ]
+    return []
+
+
+def make_optimizer(train: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    cfg = train.optimizer
+    return OPTIMIZERS[cfg.name](
+        learning_rate=learning_rate(train, steps_per_epoch), **cfg.settings()
+    )
+
+
+def compile_model(
+    model: keras.Model, train: TrainParams, schema: dict, steps_per_epoch: int
+) -> None:
     loss, metrics = loss_and_metrics(schema)
-    model.compile(optimizer=make_optimizer(train.optimizer), loss=loss, metrics=metrics)
+    optimizer = make_optimizer(train, steps_per_epoch)
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
 
 
-class EpochLogger(keras.callbacks.Callback):
-    """One log line per epoch, to stderr, instead of Keras's progress bars on stdout."""
+def class_weights(train: TrainParams, schema: dict, y_train: np.ndarray) -> dict[int, float] | None:
+    """Keras's `class_weight` (class index to weight) from `train.class_weight`.
 
-    def __init__(self, epochs: int):
-        super().__init__()
-        self.epochs = epochs
+    `balanced` weighs class c by n_samples / (n_classes * n_c), as scikit-learn's
+    compute_class_weight does. Labels in a mapping are matched to the schema's classes as text,
+    so `1` and `"1"` name the same class; a class left out keeps weight 1.
+    """
+    setting = train.class_weight
+    if setting is None:
+        return None
+    if schema["task"] != "classification":
+        raise MlpipeError("train.class_weight applies to classification; this task is regression")
+    classes = schema["classes"]
+    if setting == "balanced":
+        weights = compute_class_weight("balanced", classes=np.arange(len(classes)), y=y_train)
+        return {i: float(w) for i, w in enumerate(weights)}
+    index = {str(label): i for i, label in enumerate(classes)}
+    unknown = [label for label in setting if str(label) not in index]
+    if unknown:
+        raise MlpipeError(
+            f"train.class_weight: {unknown} are not classes of `{schema['target']}`; "
+            f"the classes are {classes}"
+        )
+    weights = {i: 1.0 for i in range(len(classes))}
+    weights.update({index[str(label)]: weight for label, weight in setting.items()})
+    return weights
 
-    def on_epoch_end(self, epoch, logs=None):
-        values = " ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items())
-        log.info("epoch %d/%d %s", epoch + 1, self.epochs, values)
+
+def check_weighting(train: TrainParams, schema: dict, model: keras.Model) -> None:
+    """Refuse, before training, the combinations of weights that Keras rejects mid-fit."""
+    if train.class_weight is None:
+        return
+    if schema.get("weight_column"):
+        raise MlpipeError(
+            f"train.class_weight cannot be combined with data.weight_column "
+            f"(`{schema['weight_column']}`): Keras accepts class_weight or sample_weight, not "
+            "both. Multiply each row's weight by its class's weight in that column, or set "
+            "train.class_weight to null."
+        )
+    if len(model.outputs) > 1:
+        raise MlpipeError(
+            "train.class_weight is not supported by Keras for a model with several outputs; "
+            "give per-row weights through data.weight_column instead."
+        )
 
 
 def fit(
@@ -86,11 +170,15 @@ def fit(
     train: TrainParams,
     data: dict[str, tuple[np.ndarray, np.ndarray]],
     dirs: RunDirs,
+    sample_weight: np.ndarray | None = None,
+    class_weight: dict[int, float] | None = None,
 ) -> dict:
     """Fit on data["train"], validate on data["valid"]; the best epoch ends up at dirs.checkpoint.
 
-    Returns the run summary for metrics/train.json.
+    The model must be compiled (compile_model). Returns the run summary for metrics/train.json.
     """
+    x_train, y_train = data["train"]
+    steps_per_epoch = steps(len(x_train), train.batch_size)
     early_stopping = keras.callbacks.EarlyStopping(
         monitor=train.monitor,
         patience=train.early_stopping.patience,
@@ -99,6 +187,9 @@ def fit(
     )
     live = Live(dir=str(dirs.dvclive), save_dvc_exp=False, dvcyaml=None, report=None)
     callbacks = [
+        DivergenceGuard(),
+        TrainingSignals(),
+        *schedule_callbacks(train, steps_per_epoch),
         keras.callbacks.ModelCheckpoint(
             dirs.checkpoint, monitor=train.monitor, save_best_only=True
         ),
@@ -107,11 +198,12 @@ def fit(
         DVCLiveCallback(live=live),
         EpochLogger(train.epochs),
     ]
-    x_train, y_train = data["train"]
     start = time.perf_counter()
     history = model.fit(
         x_train,
         y_train,
+        sample_weight=sample_weight,
+        class_weight=class_weight,
         validation_data=data["valid"],
         epochs=train.epochs,
         batch_size=train.batch_size,
@@ -126,3 +218,7 @@ def fit(
         "best_monitor_value": round(float(early_stopping.best), 6),
         "train_seconds": round(seconds, 2),
     }
+
+
+def steps(n_rows: int, batch_size: int) -> int:
+    return max(math.ceil(n_rows / batch_size), 1)

@@ -1,0 +1,102 @@
+"""The project's own Keras callbacks: logging, a divergence guard and the one-cycle schedule."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import keras
+import numpy as np
+
+from mlpipe import MlpipeError
+
+log = logging.getLogger("mlpipe.train")
+
+
+class TrainingDiverged(MlpipeError):
+    """The loss stopped being a finite number."""
+
+
+def current_learning_rate(model: keras.Model) -> float:
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+class TrainingSignals(keras.callbacks.Callback):
+    """Adds the learning rate in use and the validation/training loss ratio to each epoch's logs.
+
+    Placed first, so that TensorBoard, DVCLive and the log line all record both. The ratio is
+    `overfit_ratio` rather than `val_...` so that loggers do not file it as a validation metric.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["learning_rate"] = current_learning_rate(self.model)
+        if "val_loss" in logs and logs.get("loss"):
+            logs["overfit_ratio"] = float(logs["val_loss"]) / float(logs["loss"])
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Fails the run at the first batch whose loss is NaN or infinite.
+
+    Keras's TerminateOnNaN stops "gracefully" and fit returns normally, so a diverged run would
+    be recorded as done. Raising makes the stage exit non-zero before anything is saved.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(np.asarray(loss))):
+            raise TrainingDiverged(
+                f"training diverged: the loss became {float(np.asarray(loss))} at epoch "
+                f"{self.epoch + 1}, batch {batch + 1} (learning rate "
+                f"{current_learning_rate(self.model):g}). Lower train.optimizer.learning_rate "
+                "(the lr_schedule may raise it too); no model was saved."
+            )
+
+
+class OneCycle(keras.callbacks.Callback):
+    """One-cycle policy: cosine warm-up from peak/div_factor to the peak, then cosine decay.
+
+    The rate follows the optimizer's step counter, so it is set before every batch.
+    """
+
+    def __init__(self, peak, total_steps, warmup_fraction, div_factor, final_div_factor):
+        super().__init__()
+        self.peak = peak
+        self.start = peak / div_factor
+        self.end = self.start / final_div_factor
+        self.total_steps = max(int(total_steps), 1)
+        self.warmup_steps = max(round(warmup_fraction * self.total_steps), 1)
+
+    def rate(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return _cosine(self.start, self.peak, step / self.warmup_steps)
+        done = (step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1)
+        return _cosine(self.peak, self.end, min(done, 1.0))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        self.model.optimizer.learning_rate = self.rate(step)
+
+
+def _cosine(start: float, end: float, fraction: float) -> float:
+    return end + (start - end) * (1 + math.cos(math.pi * fraction)) / 2
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """One log line per epoch, to stderr, instead of Keras's progress bars on stdout."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = " ".join(f"{k}={v:.4g}" for k, v in (logs or {}).items())
+        log.info("epoch %d/%d %s", epoch + 1, self.epochs, values)

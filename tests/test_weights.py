@@ -1,0 +1,92 @@
+"""Class and sample weights: what `train.class_weight` and `data.weight_column` do to training."""
+
+import importlib.util
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.utils.class_weight import compute_class_weight
+
+from conftest import ROOT, run_stage, tiny_params
+from mlpipe import MlpipeError, data, models, training
+from mlpipe.config import DataParams
+
+CLASSES = {"task": "classification", "classes": ["cat", "dog", "emu"], "target": "animal"}
+
+
+def weights_for(setting, y, schema=CLASSES):
+    return training.class_weights(tiny_params(train={"class_weight": setting}).train, schema, y)
+
+
+def test_balanced_matches_scikit_learn():
+    y = np.array([0] * 6 + [1] * 3 + [2])
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=y)
+    assert weights_for("balanced", y) == pytest.approx(dict(enumerate(expected)))
+    assert weights_for("balanced", y)[2] == pytest.approx(10 / 3)
+
+
+def test_mapping_names_classes_by_label_and_defaults_to_one():
+    assert weights_for({"emu": 5, "cat": 0.5}, np.array([0, 1, 2])) == {0: 0.5, 1: 1.0, 2: 5.0}
+    digits = {"task": "classification", "classes": [0, 1], "target": "y"}
+    assert weights_for({1: 3, "0": 2}, np.array([0, 1]), digits) == {0: 2.0, 1: 3.0}
+    assert weights_for(None, np.array([0, 1])) is None
+
+
+def test_unknown_label_and_regression_are_refused():
+    with pytest.raises(MlpipeError, match=r"\['cow'\] are not classes of `animal`"):
+        weights_for({"cow": 2}, np.array([0, 1, 2]))
+    with pytest.raises(MlpipeError, match="classification"):
+        weights_for("balanced", np.array([0.5]), {"task": "regression", "classes": None})
+
+
+def test_class_weight_with_sample_weights_or_several_outputs_is_refused_before_training():
+    train = tiny_params(train={"class_weight": "balanced"}).train
+    x = np.zeros((4, 3), dtype="float32")
+    schema = {**CLASSES, "features": [{"name": n} for n in "abc"], "weight_column": "w"}
+    model = models.build_model(tiny_params().model, schema, x)
+    with pytest.raises(MlpipeError, match="Multiply each row's weight by its class's weight"):
+        training.check_weighting(train, schema, model)
+    import keras
+
+    inputs = keras.Input((3,))
+    two_outputs = keras.Model(
+        inputs, [keras.layers.Dense(1)(inputs), keras.layers.Dense(1)(inputs)]
+    )
+    with pytest.raises(MlpipeError, match="several outputs"):
+        training.check_weighting(train, {**schema, "weight_column": None}, two_outputs)
+    training.check_weighting(tiny_params().train, schema, two_outputs)
+
+
+def test_weight_column_is_checked_and_never_a_feature():
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0], "w": [1.0, 0.5, 2.0], "y": [0, 1, 0]})
+    params = DataParams(weight_column="w")
+    data.check_weight_column(frame, params, "y")
+    schema = data.make_schema(frame, "y", "classification", "w")
+    assert data.feature_names(schema) == ["x"]
+    np.testing.assert_array_equal(data.sample_weights(frame, schema), [1.0, 0.5, 2.0])
+    with pytest.raises(data.DataError, match=r"row 1 \(0-based\) holds -1\.0"):
+        data.check_weight_column(frame.assign(w=[1.0, -1.0, 1.0]), params, "y")
+    with pytest.raises(data.DataError, match="must be numeric"):
+        data.check_weight_column(frame.assign(w=["a", "b", "c"]), params, "y")
+    with pytest.raises(data.DataError, match="`weight`"):
+        data.check_weight_column(frame, DataParams(weight_column="weight"), "y")
+
+
+def test_prepare_stage_leaves_the_weight_column_out_of_the_features(tmp_path):
+    (tmp_path / "params.yaml").write_text("data:\n  weight_column: pixel_0_1\n")
+    assert run_stage("prepare", "out", cwd=tmp_path).returncode == 0
+    schema = data.read_schema(tmp_path / "out")
+    assert schema["weight_column"] == "pixel_0_1"
+    assert "pixel_0_1" not in data.feature_names(schema) and len(schema["features"]) == 63
+
+
+def test_balanced_class_weight_raises_minority_recall():
+    spec = importlib.util.spec_from_file_location("imbalanced", ROOT / "examples/imbalanced.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    frame = demo.imbalanced_frame()
+    plain = demo.train_and_score(frame, None)
+    balanced = demo.train_and_score(frame, "balanced")
+    assert balanced["minority_recall"] >= plain["minority_recall"] + 0.15
+    assert balanced["balanced_accuracy"] > plain["balanced_accuracy"]
+    assert balanced["majority_recall"] < plain["majority_recall"]
