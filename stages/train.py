@@ -5,7 +5,8 @@ A loss that becomes NaN or infinite fails the stage (exit 2) and saves no model.
 Reads:  <prepared>/{train,valid}.parquet, <prepared>/schema.json, <untrained> (.keras).
 Writes: <model> (the best epoch's .keras), <metrics> (epochs run, best epoch, best validation
         value, seconds), per-epoch curves under <dvclive>, TensorBoard logs under
-        <tensorboard>/<experiment name or "workspace">.
+        <tensorboard>/<experiment name or "workspace">. While it runs, a backup beside <model>
+        (`.<name>.backup/`) lets a killed run resume; it is removed when training completes.
 Params: seed, train.
 """
 
@@ -32,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
 
-    from mlpipe import models, runtime, training
+    from mlpipe import callbacks, models, runtime, training
 
     # Data
     schema = data.read_schema(args.prepared)
@@ -49,17 +50,26 @@ def main() -> None:
     steps_per_epoch = training.steps(len(xy["train"][0]), params.train.batch_size)
     training.compile_model(model, params.train, schema, steps_per_epoch)
 
-    # Train. The checkpoint lives beside the output and replaces it only once fit succeeds.
+    # Train. The checkpoint and the backup live beside the outputs, where DVC does not delete
+    # them before a rerun: an interrupted run resumes, and the model is replaced only on success.
     run_name = os.environ.get("DVC_EXP_NAME") or "workspace"
-    tensorboard = args.tensorboard / run_name
-    shutil.rmtree(tensorboard, ignore_errors=True)
-    checkpoint = args.model.with_name(f".{args.model.stem}.checkpoint.keras")
-    dirs = training.RunDirs(checkpoint=checkpoint, tensorboard=tensorboard, dvclive=args.dvclive)
+    dirs = training.RunDirs(
+        checkpoint=args.model.with_name(f".{args.model.stem}.checkpoint.keras"),
+        tensorboard=args.tensorboard / run_name,
+        dvclive=args.dvclive,
+        backup=args.model.with_name(f".{args.model.stem}.backup"),
+    )
+    inputs = [args.untrained] + [args.prepared / f"{name}.parquet" for name in splits]
+    fingerprint = training.fingerprint(params, inputs)
     try:
-        summary = training.fit(model, params.train, xy, dirs, sample_weight, class_weight)
-        checkpoint.replace(args.model)
-    finally:
-        checkpoint.unlink(missing_ok=True)
+        summary = training.fit(
+            model, params.train, xy, dirs, params.seed, fingerprint, sample_weight, class_weight
+        )
+    except callbacks.TrainingDiverged:
+        shutil.rmtree(dirs.backup, ignore_errors=True)
+        dirs.checkpoint.unlink(missing_ok=True)
+        raise
+    dirs.checkpoint.replace(args.model)
     log.info(
         "best epoch %d of %d: %s=%.4f",
         summary["best_epoch"],

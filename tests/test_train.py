@@ -17,8 +17,11 @@ def fit_tiny(digits, tmp_path, **train):
     model = models.build_model(params.model, schema, xy["train"][0])
     steps = training.steps(len(xy["train"][0]), params.train.batch_size)
     training.compile_model(model, params.train, schema, steps)
-    dirs = training.RunDirs(tmp_path / "best.keras", tmp_path / "tb", tmp_path / "live")
-    return model, training.fit(model, params.train, xy, dirs), dirs, xy
+    dirs = training.RunDirs(
+        tmp_path / "best.keras", tmp_path / "tb", tmp_path / "live", tmp_path / "backup"
+    )
+    summary = training.fit(model, params.train, xy, dirs, params.seed, "tiny")
+    return model, summary, dirs, xy
 
 
 def test_fit_learns_and_writes_checkpoint_and_curves(digits, tmp_path):
@@ -104,6 +107,7 @@ def test_stage_replaces_model_only_when_training_succeeds(prepared_dir, tmp_path
         "monitor",
         "best_monitor_value",
         "train_seconds",
+        "resumed_from_epoch",
     }
     assert (tmp_path / "model.keras").is_file()
     assert not list(tmp_path.glob(".*checkpoint*"))

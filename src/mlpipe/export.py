@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import platform
 import shutil
@@ -14,6 +13,7 @@ import keras
 import mlpipe
 from mlpipe.config import Params, params_hash
 from mlpipe.data import feature_names
+from mlpipe.io import file_sha256
 
 KERAS_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
@@ -21,14 +21,6 @@ METADATA_FILE = "metadata.json"
 # The params that shape the trained model; their hash identifies it.
 MODEL_SECTIONS = ("seed", "data", "model", "train")
 LIBRARIES = ("tensorflow", "keras", "numpy", "pandas", "scikit-learn", "dvc")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def git_commit(cwd: Path | None = None) -> str | None:

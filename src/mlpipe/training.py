@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 from keras.optimizers.schedules import LearningRateSchedule
 from sklearn.utils.class_weight import compute_class_weight
 
-from mlpipe import MlpipeError
+from mlpipe import MlpipeError, io
 from mlpipe.callbacks import DivergenceGuard, EpochLogger, OneCycle, TrainingSignals
-from mlpipe.config import TrainParams
+from mlpipe.config import Params, TrainParams, params_hash
+from mlpipe.models import save_model
+from mlpipe.resume import ResumableBackup
 
 OPTIMIZERS = {
     "sgd": keras.optimizers.SGD,
@@ -29,11 +34,12 @@ OPTIMIZERS = {
 
 @dataclass(frozen=True)
 class RunDirs:
-    """Where a training run writes besides the model: the checkpoint and the two loggers."""
+    """Where a training run writes besides the model: checkpoint, backup and the two loggers."""
 
     checkpoint: Path
     tensorboard: Path
     dvclive: Path
+    backup: Path
 
 
 def loss_and_metrics(schema: dict) -> tuple[str, list]:
@@ -165,17 +171,58 @@ def check_weighting(train: TrainParams, schema: dict, model: keras.Model) -> Non
         )
 
 
+class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint that writes through a temporary file, so a kill mid-save cannot leave a
+    truncated model where the previous best stood."""
+
+    def _save_model(self, epoch, batch, logs):
+        filepath = self._get_file_path(epoch, batch, logs)
+        if self._should_save_model(epoch, batch, logs, filepath):
+            save_model(self.model, filepath)
+
+
+def epoch_batches(
+    arrays: tuple[np.ndarray, ...], batch_size: int, seed: int, first_epoch: int, epochs: int
+) -> tf.data.Dataset:
+    """Batches for epochs first_epoch..epochs-1, each epoch shuffled by (seed, epoch) alone.
+
+    Keras's own shuffling draws from one random stream, so a run resumed at epoch k would see
+    other batches than an uninterrupted one. Seeding each epoch's shuffle by its number makes
+    the batches of epoch k the same however the run got there.
+    """
+    rows = tf.data.Dataset.from_tensor_slices(arrays).cache()
+    n_rows = len(arrays[0])
+
+    def one_epoch(epoch):
+        order = rows.shuffle(n_rows, seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False)
+        return order.batch(batch_size)
+
+    return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+
+
+def trim_dvclive(live_dir: Path, epochs_kept: int) -> None:
+    """Drop DVCLive rows of epochs that will be trained again, so a resumed curve has no gaps
+    or repeats."""
+    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+        lines = tsv.read_text().splitlines(keepends=True)
+        io.write_text(tsv, "".join(lines[: 1 + epochs_kept]))
+
+
 def fit(
     model: keras.Model,
     train: TrainParams,
     data: dict[str, tuple[np.ndarray, np.ndarray]],
     dirs: RunDirs,
+    seed: int,
+    fingerprint: str,
     sample_weight: np.ndarray | None = None,
     class_weight: dict[int, float] | None = None,
 ) -> dict:
     """Fit on data["train"], validate on data["valid"]; the best epoch ends up at dirs.checkpoint.
 
-    The model must be compiled (compile_model). Returns the run summary for metrics/train.json.
+    The model must be compiled (compile_model). A backup in dirs.backup written by an
+    interrupted run with the same `fingerprint` is resumed. Returns the run summary for
+    metrics/train.json.
     """
     x_train, y_train = data["train"]
     steps_per_epoch = steps(len(x_train), train.batch_size)
@@ -185,39 +232,61 @@ def fit(
         min_delta=train.early_stopping.min_delta,
         restore_best_weights=True,
     )
-    live = Live(dir=str(dirs.dvclive), save_dvc_exp=False, dvcyaml=None, report=None)
+    checkpoint = AtomicCheckpoint(dirs.checkpoint, monitor=train.monitor, save_best_only=True)
+    schedules = schedule_callbacks(train, steps_per_epoch)
+    steering = [early_stopping, checkpoint] + [
+        c for c in schedules if isinstance(c, keras.callbacks.ReduceLROnPlateau)
+    ]
+    backup = ResumableBackup(dirs.backup, fingerprint, steering)
+    first_epoch = backup.resume_epoch()
+    if first_epoch == 0:
+        shutil.rmtree(dirs.tensorboard, ignore_errors=True)
+        dirs.checkpoint.unlink(missing_ok=True)
+    else:
+        trim_dvclive(dirs.dvclive, first_epoch)
+    live = Live(
+        dir=str(dirs.dvclive), resume=first_epoch > 0, save_dvc_exp=False, dvcyaml=None, report=None
+    )
+    live.step = first_epoch
     callbacks = [
         DivergenceGuard(),
         TrainingSignals(),
-        *schedule_callbacks(train, steps_per_epoch),
-        keras.callbacks.ModelCheckpoint(
-            dirs.checkpoint, monitor=train.monitor, save_best_only=True
-        ),
+        *schedules,
+        checkpoint,
         early_stopping,
         keras.callbacks.TensorBoard(log_dir=str(dirs.tensorboard)),
         DVCLiveCallback(live=live),
         EpochLogger(train.epochs),
+        backup,  # last: it saves the others' state after they have updated it
     ]
+    arrays = (x_train, y_train) if sample_weight is None else (x_train, y_train, sample_weight)
+    batches = epoch_batches(arrays, train.batch_size, seed, first_epoch, train.epochs)
     start = time.perf_counter()
     history = model.fit(
-        x_train,
-        y_train,
-        sample_weight=sample_weight,
+        batches,
         class_weight=class_weight,
         validation_data=data["valid"],
         epochs=train.epochs,
-        batch_size=train.batch_size,
+        steps_per_epoch=steps_per_epoch,
+        shuffle=False,  # epoch_batches shuffles, by epoch number
         callbacks=callbacks,
         verbose=0,
     )
     seconds = time.perf_counter() - start
     return {
-        "epochs_run": len(history.epoch),
+        "epochs_run": history.epoch[-1] + 1 if history.epoch else first_epoch,
+        "resumed_from_epoch": first_epoch,
         "best_epoch": early_stopping.best_epoch + 1,
         "monitor": train.monitor,
         "best_monitor_value": round(float(early_stopping.best), 6),
         "train_seconds": round(seconds, 2),
     }
+
+
+def fingerprint(params: Params, inputs: list[Path]) -> str:
+    """What a backup must match to be resumed: the seed, the train section and the input files."""
+    parts = [params_hash(params, ("seed", "train"))] + [io.file_sha256(p) for p in inputs]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def steps(n_rows: int, batch_size: int) -> int:

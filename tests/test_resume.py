@@ -1,0 +1,170 @@
+"""Interrupted training resumes where it stopped and ends as an uninterrupted run would.
+
+These run the real train stage in subprocesses and stop it with real signals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT, tiny_params
+from mlpipe import data, models, runtime
+
+EPOCHS = 6
+ARGS = ["model.keras", "train.json", "--dvclive", "live", "--tensorboard", "tb"]
+
+
+def setup_run(folder, prepared_dir, **train):
+    folder.mkdir()
+    settings = {"epochs": EPOCHS, "early_stopping": {"patience": EPOCHS}, **train}
+    params = tiny_params(train=settings)
+    (folder / "params.yaml").write_text(json.dumps(params.model_dump(mode="json")))
+    schema = data.read_schema(prepared_dir)
+    x_train, _ = data.features_and_target(data.read_splits(prepared_dir)["train"], schema)
+    runtime.seed_everything(params.seed)  # both runs of a comparison start from the same model
+    model = models.build_model(params.model, schema, x_train)
+    models.save_model(model, folder / "untrained.keras")
+    return folder
+
+
+def command(prepared_dir):
+    script = str(ROOT / "stages/train.py")
+    return [sys.executable, script, str(prepared_dir), "untrained.keras", *ARGS]
+
+
+def environment():
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+
+def train(folder, prepared_dir) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        command(prepared_dir), cwd=folder, env=environment(), capture_output=True, text=True
+    )
+
+
+def train_until(folder, prepared_dir, epoch: int, sig: int) -> None:
+    """Start training and send `sig` as soon as epoch `epoch` has been logged."""
+    process = subprocess.Popen(
+        command(prepared_dir),
+        cwd=folder,
+        env=environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in process.stderr:
+        if f"epoch {epoch}/{EPOCHS} " in line:
+            process.send_signal(sig)
+            break
+    process.stderr.read()
+    assert process.wait(timeout=60) != 0, "the run finished before it was interrupted"
+
+
+def outcome(folder):
+    summary = json.loads((folder / "train.json").read_text())
+    del summary["train_seconds"], summary["resumed_from_epoch"]
+    curves = {
+        path.relative_to(folder / "live").as_posix(): pd.read_csv(path, sep="\t")
+        for path in sorted((folder / "live").rglob("*.tsv"))
+    }
+    return summary, curves, keras.models.load_model(folder / "model.keras")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, request):
+    prepared_dir = request.getfixturevalue("module_prepared")
+    folder = setup_run(tmp_path_factory.mktemp("runs") / "straight", prepared_dir)
+    result = train(folder, prepared_dir)
+    assert result.returncode == 0, result.stderr
+    return outcome(folder)
+
+
+@pytest.fixture(scope="module")
+def module_prepared(tmp_path_factory, digits):
+    from mlpipe import io
+
+    splits, schema = digits
+    out = tmp_path_factory.mktemp("prepared")
+    for name, part in splits.items():
+        part.to_parquet(out / f"{name}.parquet", index=False)
+    io.write_json(out / data.SCHEMA_FILE, schema)
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_killed_run_resumes_and_matches_an_uninterrupted_one(
+    tmp_path, module_prepared, uninterrupted, sig
+):
+    folder = setup_run(tmp_path / "run", module_prepared)
+    train_until(folder, module_prepared, epoch=3, sig=sig)
+    assert (folder / ".model.backup").is_dir()
+    assert not (folder / "model.keras").exists()
+
+    result = train(folder, module_prepared)
+    assert result.returncode == 0, result.stderr
+    assert "resuming from the backup" in result.stderr
+    epochs_logged = [int(e) for e in re.findall(rf"epoch (\d+)/{EPOCHS} ", result.stderr)]
+    assert epochs_logged[0] > 1 and epochs_logged[-1] == EPOCHS
+    assert not (folder / ".model.backup").exists()
+
+    summary, curves, model = outcome(folder)
+    expected_summary, expected_curves, expected_model = uninterrupted
+    assert summary == expected_summary and summary["epochs_run"] == EPOCHS
+    assert curves.keys() == expected_curves.keys()
+    for name, curve in curves.items():
+        assert curve["step"].tolist() == list(range(EPOCHS)), name
+        pd.testing.assert_frame_equal(curve, expected_curves[name], check_exact=True)
+    for weights, expected in zip(model.get_weights(), expected_model.get_weights(), strict=True):
+        np.testing.assert_array_equal(weights, expected)
+
+
+def test_backup_of_another_configuration_is_not_resumed(tmp_path, module_prepared):
+    folder = setup_run(tmp_path / "run", module_prepared)
+    train_until(folder, module_prepared, epoch=2, sig=signal.SIGKILL)
+    params = json.loads((folder / "params.yaml").read_text())
+    params["train"]["optimizer"]["learning_rate"] = 0.002
+    (folder / "params.yaml").write_text(json.dumps(params))
+    result = train(folder, module_prepared)
+    assert result.returncode == 0, result.stderr
+    assert "discarding a backup of a different configuration" in result.stderr
+    assert f"epoch 1/{EPOCHS} " in result.stderr
+
+
+def test_kill_during_save_keeps_the_previous_model(tmp_path):
+    """A real SIGKILL halfway through writing the zip of a `.keras` file."""
+    script = f"""
+import os, signal, sys, zipfile
+import numpy as np
+import keras
+sys.path.insert(0, {str(ROOT / "src")!r})
+from mlpipe.models import save_model
+model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+save_model(model, "model.keras")
+original = zipfile.ZipFile.close
+def dying_close(self):
+    # Killed with the archive's entries written but not its central directory.
+    if self.mode == "w":
+        self.fp.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self)
+zipfile.ZipFile.close = dying_close
+model.layers[0].kernel.assign(np.ones((3, 2)))
+save_model(model, "model.keras")
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=environment())
+    assert result.returncode == -signal.SIGKILL
+    model = keras.models.load_model(tmp_path / "model.keras")
+    assert not np.all(model.layers[0].kernel.numpy() == 1)
+    leftovers = sorted(p.name for p in tmp_path.iterdir())
+    assert leftovers[-1] == "model.keras" and all(n.startswith(".") for n in leftovers[:-1])
+    assert len(leftovers) == 2, "the half-written temporary file should be there to prove the kill"
