@@ -141,7 +141,7 @@ def test_diverging_run_fails_and_records_nothing(tiny):
     assert result.returncode != 0
     assert re.search(r"loss became nan at epoch 1, batch \d+", output)
     assert not (tiny / "models/model.keras").exists()
-    assert not list((tiny / "models").glob(".*"))
+    assert not list((tiny / "models").glob(".model.*"))  # no checkpoint, no backup
     assert (tiny / "dvc.lock").read_text() == lock
     run(["git", "checkout", "--", "params.yaml"], cwd=tiny)
 
