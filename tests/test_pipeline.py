@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -153,3 +154,36 @@ def test_forced_reruns_give_identical_metrics(tiny):
         outputs.append((tiny / "metrics/evaluate.json").read_bytes())
     assert outputs[0] == outputs[1]
     assert json.loads(outputs[0])["accuracy"] > 0.85
+
+
+def test_killed_repro_resumes_and_ends_as_an_uninterrupted_run(tiny):
+    run(["dvc", "repro", "--force"], cwd=tiny)
+    expected = (tiny / "metrics/evaluate.json").read_bytes()
+    epochs = TINY["train"]["epochs"]
+
+    venv_bin = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"}
+    env["PYTHONPATH"] = str(tiny / "src")
+    process = subprocess.Popen(
+        ["dvc", "repro", "--force", "--single-item", "train"],
+        cwd=tiny,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    for line in process.stdout:
+        if f"epoch 2/{epochs} " in line:
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    assert (tiny / "models/.model.backup").is_dir()
+
+    result = run(["dvc", "repro"], cwd=tiny)
+    assert "resuming from the backup" in result.stdout + result.stderr
+    assert {"train", "evaluate", "export"} <= stages_run(result)
+    summary = json.loads((tiny / "metrics/train.json").read_text())
+    assert summary["epochs_run"] == epochs and summary["resumed_from_epoch"] >= 1
+    assert (tiny / "metrics/evaluate.json").read_bytes() == expected
+    assert not (tiny / "models/.model.backup").exists()

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 
 from conftest import run_stage, tiny_params
 from mlpipe import MlpipeError, callbacks, data, models, runtime, training
@@ -167,8 +168,13 @@ def test_learning_rate_and_overfit_ratio_are_logged_each_epoch(digits, tmp_path)
     loss = pd.read_csv(curves / "loss.tsv", sep="\t")["loss"]
     val_loss = pd.read_csv(dirs.dvclive / "plots/metrics/eval/loss.tsv", sep="\t")["loss"]
     np.testing.assert_allclose(ratio, val_loss / loss, rtol=1e-4)
-    tags = {p.parent.name for p in dirs.tensorboard.rglob("events.out.tfevents.*")}
-    assert tags == {"train", "validation"}
+    writers = {p.parent.name for p in dirs.tensorboard.rglob("events.out.tfevents.*")}
+    assert writers == {"train", "validation"}
+    tags = set()
+    for events in (dirs.tensorboard / "train").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            tags |= {value.tag for value in event.summary.value}
+    assert {"epoch_learning_rate", "epoch_overfit_ratio", "epoch_loss"} <= tags
 
 
 def test_diverging_loss_fails_with_epoch_and_batch(digits, tmp_path):
