@@ -113,38 +113,48 @@ def test_experiment_reruns_only_affected_stages(tiny, setting, expected):
     ],
 )
 def test_typo_fails_before_training(tiny, setting):
-    result = run(["dvc", "exp", "run", "-S", setting], cwd=tiny, check=False)
+    try:
+        result = run(["dvc", "exp", "run", "-S", setting], cwd=tiny, check=False)
+    finally:
+        run(["git", "checkout", "--", "params.yaml"], cwd=tiny)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "learnin_rate" in output
     if setting.startswith("+"):
         assert "did you mean `learning_rate`?" in output
     assert "epoch 1/" not in output
-    run(["git", "checkout", "--", "params.yaml"], cwd=tiny)
 
 
 def test_typo_in_edited_params_stops_repro(tiny):
     params = (tiny / "params.yaml").read_text()
     (tiny / "params.yaml").write_text(params.replace("epochs:", "epohcs:"))
-    result = run(["dvc", "repro"], cwd=tiny, check=False)
+    try:
+        result = run(["dvc", "repro"], cwd=tiny, check=False)
+    finally:
+        run(["git", "checkout", "--", "params.yaml"], cwd=tiny)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "`train.epohcs`; did you mean `epochs`?" in output
     assert "epoch 1/" not in output
-    run(["git", "checkout", "--", "params.yaml"], cwd=tiny)
+
+
+def train_lock(clone: Path) -> dict:
+    return yaml.safe_load((clone / "dvc.lock").read_text())["stages"]["train"]
 
 
 def test_diverging_run_fails_and_records_nothing(tiny):
-    lock = (tiny / "dvc.lock").read_text()
+    lock = train_lock(tiny)
     settings = ["-S", "train.optimizer.name=sgd", "-S", "train.optimizer.learning_rate=1000000"]
-    result = run(["dvc", "exp", "run", *settings], cwd=tiny, check=False)
+    try:
+        result = run(["dvc", "exp", "run", *settings], cwd=tiny, check=False)
+    finally:
+        run(["git", "checkout", "--", "params.yaml"], cwd=tiny)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert re.search(r"loss became nan at epoch 1, batch \d+", output)
     assert not (tiny / "models/model.keras").exists()
     assert not list((tiny / "models").glob(".model.*"))  # no checkpoint, no backup
-    assert (tiny / "dvc.lock").read_text() == lock
-    run(["git", "checkout", "--", "params.yaml"], cwd=tiny)
+    assert train_lock(tiny) == lock
 
 
 def test_forced_reruns_give_identical_metrics(tiny):
