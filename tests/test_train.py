@@ -182,3 +182,22 @@ def test_diverging_loss_fails_with_epoch_and_batch(digits, tmp_path):
     with pytest.raises(callbacks.TrainingDiverged, match=r"loss became nan at epoch 1, batch \d+"):
         fit_tiny(digits, tmp_path, optimizer=optimizer)
     assert not (tmp_path / "best.keras").exists()
+
+
+@pytest.mark.parametrize("seed", [0, 42])
+def test_each_epoch_is_shuffled_by_seed_and_epoch_alone(seed):
+    x = np.arange(20, dtype="float32").reshape(10, 2)
+    y = np.arange(10)
+
+    def epochs(first):
+        batches = list(training.epoch_batches((x, y), 4, seed, first, 4).as_numpy_iterator())
+        labels = [b[1] for b in batches]
+        return [np.concatenate(labels[i : i + 3]) for i in range(0, len(labels), 3)]
+
+    from_start, resumed = epochs(0), epochs(2)
+    for epoch in from_start:
+        assert sorted(epoch.tolist()) == list(range(10))  # every row once per epoch
+    assert [e.tolist() for e in from_start[2:]] == [e.tolist() for e in resumed]
+    assert from_start[0].tolist() != from_start[1].tolist()
+    batch = next(training.epoch_batches((x, y), 4, seed, 0, 1).as_numpy_iterator())
+    np.testing.assert_array_equal(batch[0][:, 0], batch[1] * 2)  # rows stay whole

@@ -190,12 +190,14 @@ def epoch_batches(
     other batches than an uninterrupted one. Seeding each epoch's shuffle by its number makes
     the batches of epoch k the same however the run got there.
     """
-    rows = tf.data.Dataset.from_tensor_slices(arrays).cache()
+    columns = tuple(tf.constant(a) for a in arrays)
     n_rows = len(arrays[0])
 
     def one_epoch(epoch):
-        order = rows.shuffle(n_rows, seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False)
-        return order.batch(batch_size)
+        key = tf.stack([tf.constant(seed, tf.int64), epoch])
+        order = tf.random.experimental.stateless_shuffle(tf.range(n_rows, dtype=tf.int64), key)
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        return batches.map(lambda rows: tuple(tf.gather(c, rows) for c in columns))
 
     return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
 
