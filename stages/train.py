@@ -69,6 +69,9 @@ def main() -> None:
         shutil.rmtree(dirs.backup, ignore_errors=True)
         dirs.checkpoint.unlink(missing_ok=True)
         raise
+    except KeyboardInterrupt:
+        log.warning("rerun to resume from the last completed epoch, kept in %s", dirs.backup)
+        raise
     dirs.checkpoint.replace(args.model)
     log.info(
         "best epoch %d of %d: %s=%.4f",

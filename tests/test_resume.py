@@ -66,8 +66,11 @@ def train_until(folder, prepared_dir, epoch: int, sig: int) -> None:
         if f"epoch {epoch}/{EPOCHS} " in line:
             process.send_signal(sig)
             break
-    process.stderr.read()
-    assert process.wait(timeout=60) != 0, "the run finished before it was interrupted"
+    rest = process.stderr.read()
+    code = process.wait(timeout=60)
+    assert code != 0, "the run finished before it was interrupted"
+    if sig == signal.SIGINT:
+        assert code == 130 and "rerun to resume" in rest and "Traceback" not in rest
 
 
 def outcome(folder):

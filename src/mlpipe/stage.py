@@ -19,3 +19,6 @@ def run(main: Callable[[], None]) -> None:
     except MlpipeError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: no output of this stage was replaced", file=sys.stderr)
+        sys.exit(130)
