@@ -65,7 +65,7 @@ def test_committed_metrics_and_plots_show_without_running(clone):
     assert values["accuracy"] >= 0.975
     run(["dvc", "plots", "show", "-o", "plots_html"], cwd=clone)
     page = (clone / "plots_html" / "index.html").read_text()
-    assert page.count("vegaEmbed(") >= 3
+    assert page.count("vegaEmbed(") == 5
     assert not (clone / "models" / "model.keras").exists()
 
 
