@@ -46,12 +46,18 @@ def test_normalization_is_adapted_on_the_training_split_only(digits):
 def test_hidden_layers_dropout_batch_norm_and_l2():
     x = np.random.default_rng(0).normal(size=(40, 5)).astype("float32")
     cfg = ModelParams(
-        hidden_units=[16, 8, 4], activation="elu", dropout=0.25, batch_norm=True, l2=0.01
+        hidden_units=[16, 8, 4],
+        activation="elu",
+        kernel_initializer="glorot_uniform",
+        dropout=0.25,
+        batch_norm=True,
+        l2=0.01,
     )
     model = models.build_model(cfg, schema_for("regression"), x)
     dense = [layer for layer in model.layers if layer.name.startswith("hidden_")]
     assert [layer.units for layer in dense] == [16, 8, 4]
     assert {layer.activation.__name__ for layer in dense} == {"elu"}
+    assert {type(layer.kernel_initializer).__name__ for layer in dense} == {"GlorotUniform"}
     assert all(layer.kernel_regularizer.l2 == pytest.approx(0.01) for layer in dense)
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds.count("BatchNormalization") == 3 and kinds.count("Dropout") == 3

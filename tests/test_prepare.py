@@ -79,6 +79,16 @@ def test_missing_target_is_named():
         data.select_target(frame, DataParams(target="price"), "label")
 
 
+def test_task_param_overrides_inference():
+    frame = labelled_frame().assign(count=np.arange(200) % 5)
+    assert data.select_target(frame, DataParams(target="count"), "label") == (
+        "count",
+        "classification",
+    )
+    regression = DataParams(target="count", task="regression")
+    assert data.select_target(frame, regression, "label") == ("count", "regression")
+
+
 def test_regression_on_text_target_is_refused():
     frame = labelled_frame()
     with pytest.raises(data.DataError, match="not numeric"):
