@@ -171,3 +171,52 @@ save_model(model, "model.keras")
     leftovers = sorted(p.name for p in tmp_path.iterdir())
     assert leftovers[-1] == "model.keras" and all(n.startswith(".") for n in leftovers[:-1])
     assert len(leftovers) == 2, "the half-written temporary file should be there to prove the kill"
+
+
+def fake_backup(folder, latest_epoch, state_epoch, previous_epoch=None):
+    """A backup folder laid out as Keras and ResumableBackup write it, with stand-in weights."""
+    from mlpipe.io import file_sha256, write_json
+    from mlpipe.resume import STATE_FILE
+
+    folder.mkdir(exist_ok=True)
+    (folder / "latest.weights.h5").write_text(f"weights {latest_epoch}")
+    write_json(folder / "training_metadata.json", {"epoch": latest_epoch, "batch": 0})
+    if previous_epoch is not None:
+        (folder / "latest.weights.h5.bkp").write_text(f"weights {previous_epoch}")
+        write_json(folder / "training_metadata.json.bkp", {"epoch": previous_epoch, "batch": 0})
+    stand_in = folder / "sha.tmp"
+    stand_in.write_text(f"weights {state_epoch}")
+    state = {"epoch": state_epoch, "fingerprint": "run", "weights_sha256": file_sha256(stand_in)}
+    stand_in.unlink()
+    write_json(folder / STATE_FILE, {**state, "best_weights": None, "callbacks": []})
+
+
+@pytest.mark.parametrize(
+    ("latest", "state", "previous", "expected"),
+    [
+        (3, 3, 2, 3),  # a complete backup
+        (4, 3, 3, 3),  # killed after Keras saved epoch 4, before the state: epoch 3 comes back
+        (2, 3, 1, 0),  # state ahead of every weights file: start over
+    ],
+)
+def test_backup_files_out_of_step_fall_back_or_start_over(
+    tmp_path, latest, state, previous, expected
+):
+    from mlpipe.resume import ResumableBackup
+
+    fake_backup(tmp_path / "backup", latest, state, previous)
+    backup = ResumableBackup(tmp_path / "backup", "run", [])
+    assert backup.resume_epoch() == expected
+    if expected:
+        assert (tmp_path / "backup/latest.weights.h5").read_text() == f"weights {expected}"
+    else:
+        assert not (tmp_path / "backup").exists()
+    assert ResumableBackup(tmp_path / "other", "run", []).resume_epoch() == 0
+
+
+def test_backup_of_another_fingerprint_is_discarded(tmp_path):
+    from mlpipe.resume import ResumableBackup
+
+    fake_backup(tmp_path / "backup", 3, 3, 2)
+    assert ResumableBackup(tmp_path / "backup", "another run", []).resume_epoch() == 0
+    assert not (tmp_path / "backup").exists()

@@ -42,6 +42,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         self.dir = Path(backup_dir)
         self.fingerprint = fingerprint
         self.steering = steering
+        self._resumed: dict | None = None
 
     def resume_epoch(self) -> int:
         """The epoch training will start from: 0, unless a usable backup of this run exists.
@@ -49,12 +50,12 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         Call before fit, to feed the data from that epoch on. A backup of another configuration,
         or one whose parts disagree (killed while saving), is discarded.
         """
-        state = self._read_state()
-        if state is None:
+        self._resumed = self._read_state()
+        if self._resumed is None:
             shutil.rmtree(self.dir, ignore_errors=True)
             return 0
-        log.info("resuming from the backup in %s after epoch %d", self.dir, state["epoch"])
-        return state["epoch"]
+        log.info("resuming from the backup in %s after epoch %d", self.dir, self._resumed["epoch"])
+        return self._resumed["epoch"]
 
     def _read_state(self) -> dict | None:
         """The saved state, if it matches this run and a complete weights backup of its epoch.
@@ -82,8 +83,12 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         return None
 
     def on_train_begin(self, logs=None):
+        """Restore weights, optimizer and epoch (Keras), then the steering callbacks' state.
+
+        Requires resume_epoch() to have been called, so that the data starts at that epoch too.
+        """
         super().on_train_begin(logs)
-        state = self._read_state()
+        state = self._resumed
         if state is None:
             return
         for callback, saved in zip(self.steering, state["callbacks"], strict=True):
