@@ -177,11 +177,33 @@ def test_learning_rate_and_overfit_ratio_are_logged_each_epoch(digits, tmp_path)
     assert {"epoch_learning_rate", "epoch_overfit_ratio", "epoch_loss"} <= tags
 
 
-def test_diverging_loss_fails_with_epoch_and_batch(digits, tmp_path):
+@pytest.mark.parametrize(
+    ("steps_per_execution", "where"), [(1, r"batch \d+ "), ("auto", r"batches 1-40 ")]
+)
+def test_diverging_loss_fails_with_epoch_and_batch(digits, tmp_path, steps_per_execution, where):
     optimizer = {"name": "sgd", "learning_rate": 1e6}
-    with pytest.raises(callbacks.TrainingDiverged, match=r"loss became nan at epoch 1, batch \d+"):
-        fit_tiny(digits, tmp_path, optimizer=optimizer)
+    with pytest.raises(callbacks.TrainingDiverged, match=rf"loss became nan at epoch 1, {where}"):
+        fit_tiny(digits, tmp_path, optimizer=optimizer, steps_per_execution=steps_per_execution)
     assert not (tmp_path / "best.keras").exists()
+
+
+def test_steps_per_execution_auto_rule():
+    def chosen(**train):
+        return training.steps_per_execution(tiny_params(train=train).train, steps_per_epoch=300)
+
+    assert chosen() == 128
+    assert training.steps_per_execution(tiny_params().train, steps_per_epoch=40) == 40
+    assert chosen(lr_schedule={"name": "one_cycle"}) == 1
+    assert chosen(steps_per_execution=7) == 7
+    with pytest.raises(MlpipeError, match="one_cycle sets the learning rate before every batch"):
+        tiny_params(train={"lr_schedule": {"name": "one_cycle"}, "steps_per_execution": 8})
+
+
+def test_steps_per_execution_does_not_change_what_is_learned(digits, tmp_path):
+    one = fit_tiny(digits, tmp_path / "one", steps_per_execution=1)[1]
+    grouped = fit_tiny(digits, tmp_path / "grouped", steps_per_execution="auto")[1]
+    assert grouped["best_epoch"] == one["best_epoch"]
+    assert grouped["best_monitor_value"] == pytest.approx(one["best_monitor_value"], rel=1e-3)
 
 
 @pytest.mark.parametrize("seed", [0, 42])

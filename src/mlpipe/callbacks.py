@@ -46,16 +46,21 @@ class DivergenceGuard(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.epoch = 0
+        self.checked = 0  # batches of this epoch already seen with a finite loss
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
+        self.checked = 0
 
     def on_train_batch_end(self, batch, logs=None):
+        # With steps_per_execution > 1, Keras calls this once per group of batches.
+        first, self.checked = self.checked + 1, batch + 1
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(float(np.asarray(loss))):
+            where = f"batch {batch + 1}" if first == batch + 1 else f"batches {first}-{batch + 1}"
             raise TrainingDiverged(
                 f"training diverged: the loss became {float(np.asarray(loss))} at epoch "
-                f"{self.epoch + 1}, batch {batch + 1} (learning rate "
+                f"{self.epoch + 1}, {where} (learning rate "
                 f"{current_learning_rate(self.model):g}). Lower train.optimizer.learning_rate "
                 "(the lr_schedule may raise it too); no model was saved."
             )

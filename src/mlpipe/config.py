@@ -203,6 +203,10 @@ ClassWeight = Annotated[
 class TrainParams(Section):
     epochs: int = Field(100, gt=0)
     batch_size: int = Field(32, gt=0)
+    steps_per_execution: Literal["auto"] | Annotated[int, Field(gt=0)] = Field(
+        "auto",
+        description="Batches per call into TensorFlow; `auto`: up to 128, or 1 under one_cycle.",
+    )
     monitor: str = Field(
         "val_loss",
         pattern=r"^val_[a-z_]+$",
@@ -214,6 +218,15 @@ class TrainParams(Section):
     optimizer: OptimizerParams = OptimizerParams()
     lr_schedule: LRScheduleParams = LRScheduleParams()
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
+
+    @model_validator(mode="after")
+    def _one_cycle_sets_the_rate_every_batch(self) -> TrainParams:
+        if self.lr_schedule.name == "one_cycle" and self.steps_per_execution not in ("auto", 1):
+            raise ValueError(
+                "one_cycle sets the learning rate before every batch: use steps_per_execution "
+                f"auto or 1, not {self.steps_per_execution}"
+            )
+        return self
 
 
 class EvaluateParams(Section):

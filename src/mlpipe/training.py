@@ -23,6 +23,10 @@ from mlpipe.config import Params, TrainParams, params_hash
 from mlpipe.models import save_model
 from mlpipe.resume import ResumableBackup
 
+# Measured on 200,000 x 64 rows at batch 32 (2 cores): 1 -> 34k, 32 -> 76k, 128 -> 96k,
+# 1000 -> 103k samples/s. 128 keeps a diverging loss located within 128 batches.
+MAX_STEPS_PER_EXECUTION = 128
+
 OPTIMIZERS = {
     "sgd": keras.optimizers.SGD,
     "rmsprop": keras.optimizers.RMSprop,
@@ -110,6 +114,17 @@ def schedule_callbacks(train: TrainParams, steps_per_epoch: int) -> list[keras.c
     return []
 
 
+def steps_per_execution(train: TrainParams, steps_per_epoch: int) -> int:
+    """Batches per call into TensorFlow. Each call costs a fixed overhead that dominates small
+    batches; `auto` runs up to 128 batches per call, or 1 when one_cycle must set the rate
+    before every batch."""
+    if train.steps_per_execution != "auto":
+        return train.steps_per_execution
+    if train.lr_schedule.name == "one_cycle":
+        return 1
+    return min(steps_per_epoch, MAX_STEPS_PER_EXECUTION)
+
+
 def make_optimizer(train: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     cfg = train.optimizer
     return OPTIMIZERS[cfg.name](
@@ -121,8 +136,12 @@ def compile_model(
     model: keras.Model, train: TrainParams, schema: dict, steps_per_epoch: int
 ) -> None:
     loss, metrics = loss_and_metrics(schema)
-    optimizer = make_optimizer(train, steps_per_epoch)
-    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    model.compile(
+        optimizer=make_optimizer(train, steps_per_epoch),
+        loss=loss,
+        metrics=metrics,
+        steps_per_execution=steps_per_execution(train, steps_per_epoch),
+    )
 
 
 def class_weights(train: TrainParams, schema: dict, y_train: np.ndarray) -> dict[int, float] | None:
