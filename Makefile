@@ -12,7 +12,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
-.PHONY: help venv repro test lint format dag clean
+.PHONY: help venv repro test lint format dag bench clean
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
@@ -31,6 +31,9 @@ lint: venv ## ruff lint and format check
 format: venv ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+bench: venv ## training throughput against Keras fit and scikit-learn (bench/results.md)
+	$(BIN)/python bench/bench.py
 
 dag: venv ## print the stage graph
 	$(BIN)/dvc dag
