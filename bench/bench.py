@@ -60,8 +60,6 @@ def epoch_rate(fit_one_epoch, rows: int) -> float:
 
 
 def mlpipe_rate(x, y, batch_size: int) -> tuple[float, int]:
-    import keras  # noqa: F401  (imported here so --memory-probe and --quick share the path)
-
     from mlpipe import models, runtime, training
     from mlpipe.config import parse_params
 

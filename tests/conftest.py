@@ -28,11 +28,27 @@ def tiny_params(**sections) -> Params:
     return parse_params(raw)
 
 
+def stage_env() -> dict:
+    """The environment a stage subprocess runs in: this checkout's package first."""
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+
 def run_stage(stage: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run `stages/<stage>.py` as DVC would, from `cwd`, with this checkout's package."""
     command = [sys.executable, str(ROOT / "stages" / f"{stage}.py"), *args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    return subprocess.run(command, cwd=cwd, env=stage_env(), capture_output=True, text=True)
+
+
+def write_prepared(out: Path, digits) -> Path:
+    """Lay out `out` as the prepare stage writes it."""
+    from mlpipe import io
+
+    splits, schema = digits
+    out.mkdir(parents=True, exist_ok=True)
+    for name, part in splits.items():
+        part.to_parquet(out / f"{name}.parquet", index=False)
+    io.write_json(out / data.SCHEMA_FILE, schema)
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -48,12 +64,4 @@ def digits():
 @pytest.fixture
 def prepared_dir(tmp_path, digits) -> Path:
     """A folder laid out as the prepare stage writes it."""
-    from mlpipe import io
-
-    splits, schema = digits
-    out = tmp_path / "prepared"
-    out.mkdir()
-    for name, part in splits.items():
-        part.to_parquet(out / f"{name}.parquet", index=False)
-    io.write_json(out / data.SCHEMA_FILE, schema)
-    return out
+    return write_prepared(tmp_path / "prepared", digits)

@@ -6,7 +6,6 @@ These run the real train stage in subprocesses and stop it with real signals.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, tiny_params
+from conftest import ROOT, stage_env, tiny_params, write_prepared
 from mlpipe import data, models, runtime
 
 EPOCHS = 6
@@ -42,13 +41,9 @@ def command(prepared_dir):
     return [sys.executable, script, str(prepared_dir), "untrained.keras", *ARGS]
 
 
-def environment():
-    return {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-
-
 def train(folder, prepared_dir) -> subprocess.CompletedProcess:
     return subprocess.run(
-        command(prepared_dir), cwd=folder, env=environment(), capture_output=True, text=True
+        command(prepared_dir), cwd=folder, env=stage_env(), capture_output=True, text=True
     )
 
 
@@ -57,7 +52,7 @@ def train_until(folder, prepared_dir, epoch: int, sig: int) -> None:
     process = subprocess.Popen(
         command(prepared_dir),
         cwd=folder,
-        env=environment(),
+        env=stage_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -94,14 +89,7 @@ def uninterrupted(tmp_path_factory, request):
 
 @pytest.fixture(scope="module")
 def module_prepared(tmp_path_factory, digits):
-    from mlpipe import io
-
-    splits, schema = digits
-    out = tmp_path_factory.mktemp("prepared")
-    for name, part in splits.items():
-        part.to_parquet(out / f"{name}.parquet", index=False)
-    io.write_json(out / data.SCHEMA_FILE, schema)
-    return out
+    return write_prepared(tmp_path_factory.mktemp("prepared"), digits)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
@@ -164,7 +152,7 @@ zipfile.ZipFile.close = dying_close
 model.layers[0].kernel.assign(np.ones((3, 2)))
 save_model(model, "model.keras")
 """
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=environment())
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=stage_env())
     assert result.returncode == -signal.SIGKILL
     model = keras.models.load_model(tmp_path / "model.keras")
     assert not np.all(model.layers[0].kernel.numpy() == 1)

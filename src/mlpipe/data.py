@@ -13,6 +13,7 @@ from sklearn.model_selection import train_test_split
 
 from mlpipe import MlpipeError
 from mlpipe.config import DataParams
+from mlpipe.io import plain
 
 SPLITS = ("train", "valid", "test")
 SCHEMA_FILE = "schema.json"
@@ -72,7 +73,7 @@ def make_schema(
         "weight_column": weight_column,
     }
     if task == "classification":
-        schema["classes"] = [_plain(v) for v in sorted(frame[target].unique())]
+        schema["classes"] = [plain(v) for v in sorted(frame[target].unique())]
     return schema
 
 
@@ -108,7 +109,7 @@ def check_weight_column(frame: pd.DataFrame, data: DataParams, target: str) -> N
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(
             f"data.weight_column `{name}` must be a number >= 0 in every row; "
-            f"row {row} (0-based) holds {_plain(weights.iloc[row])!r}"
+            f"row {row} (0-based) holds {plain(weights.iloc[row])!r}"
         )
 
 
@@ -151,8 +152,8 @@ def encode_target(target: pd.Series, schema: dict) -> np.ndarray:
     if schema["task"] == "regression":
         return target.to_numpy(dtype=np.float32)
     index = {label: i for i, label in enumerate(schema["classes"])}
-    codes = target.map(lambda v: index.get(_plain(v), -1)).to_numpy(dtype=np.int64)
-    unknown = sorted(set(target[codes < 0].map(_plain)))
+    codes = target.map(lambda v: index.get(plain(v), -1)).to_numpy(dtype=np.int64)
+    unknown = sorted(set(target[codes < 0].map(plain)))
     if unknown:
         raise DataError(f"target `{schema['target']}` has labels not in the schema: {unknown}")
     return codes
@@ -164,8 +165,3 @@ def read_splits(prepared_dir: Path, names: tuple[str, ...] = SPLITS) -> dict[str
 
 def read_schema(prepared_dir: Path) -> dict:
     return json.loads((prepared_dir / SCHEMA_FILE).read_text())
-
-
-def _plain(value):
-    """NumPy scalars as plain Python values, so that labels serialise to JSON."""
-    return value.item() if isinstance(value, np.generic) else value

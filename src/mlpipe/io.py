@@ -11,6 +11,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 
 def write_text(path: str | Path, text: str) -> None:
     """Write through a temporary sibling and rename it into place."""
@@ -55,3 +57,8 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def plain(value):
+    """NumPy scalars as plain Python values, so that they serialise to JSON."""
+    return value.item() if isinstance(value, np.generic) else value

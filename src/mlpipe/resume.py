@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from mlpipe import io
-from mlpipe.io import file_sha256
+from mlpipe.io import file_sha256, plain
 
 log = logging.getLogger("mlpipe.train")
 
@@ -143,9 +143,5 @@ def _matches(state: dict, weights: Path, metadata: Path) -> bool:
 def _state_of(callback) -> dict:
     for kind, names in STATE_ATTRIBUTES.items():
         if isinstance(callback, kind):
-            return {name: _plain(getattr(callback, name)) for name in names}
+            return {name: plain(getattr(callback, name)) for name in names}
     raise TypeError(f"no resumable state is known for {type(callback).__name__}")
-
-
-def _plain(value):
-    return value.item() if isinstance(value, np.generic) else value
