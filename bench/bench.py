@@ -41,7 +41,7 @@ def synthetic(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def schema() -> dict:
-    features = [{"name": f"x{i}", "dtype": "float32"} for i in range(FEATURES)]
+    features = [{"name": f"x{i}", "input": f"x{i}", "kind": "numeric"} for i in range(FEATURES)]
     return {
         "features": features,
         "target": "y",
@@ -60,14 +60,21 @@ def epoch_rate(fit_one_epoch, rows: int) -> float:
 
 
 def mlpipe_rate(x, y, batch_size: int) -> tuple[float, int]:
-    from mlpipe import models, runtime, training
+    import pandas as pd
+
+    from mlpipe import features, models, runtime, training
     from mlpipe.config import parse_params
 
     params = parse_params(
         {"model": {"hidden_units": list(HIDDEN)}, "train": {"batch_size": batch_size}}
     )
     runtime.seed_everything(0)
-    model = models.build_model(params.model, schema(), x)
+    # As the train stage does: preprocessing learned once, the features computed once, and
+    # only the MLP behind it trained epoch after epoch.
+    frame = pd.DataFrame(x, columns=[f["name"] for f in schema()["features"]], copy=False)
+    preprocessor, model = models.split_model(models.build_model(params.model, schema(), frame))
+    x = features.transform(preprocessor, frame, schema())
+    del frame
     steps = training.steps(len(x), batch_size)
     training.compile_model(model, params.train, schema(), steps)
     epoch = iter(range(10**6))

@@ -8,31 +8,32 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mlpipe import data, export, metrics, models, runtime, training
+from mlpipe import data, export, features, metrics, models, runtime, training
 from mlpipe.config import load_params
 
 
 def main(repo: Path) -> None:
     params = load_params(repo / "params.yaml")
-    frame, default_target = data.load_source(params.data.source)
-    target, task = data.select_target(frame, params.data, default_target)
-    splits = data.split_frame(frame, target, task, params.data, params.seed)
-    schema = data.make_schema(frame, target, task, params.data.weight_column)
-    xy = {name: data.features_and_target(part, schema) for name, part in splits.items()}
+    frame, default_target = data.load_source(params.data)
+    splits, schema = data.prepare(frame, default_target, params.data, params.seed)
 
     runtime.seed_everything(params.seed)
-    model = models.build_model(params.model, schema, xy["train"][0])
+    built = models.build_model(params.model, schema, splits["train"])
+    preprocessor, model = models.split_model(built)
+    xy = features.matrices(preprocessor, splits, schema)
     steps = training.steps(len(xy["train"][0]), params.train.batch_size)
     training.compile_model(model, params.train, schema, steps)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         dirs = training.RunDirs(out / "best.keras", out / "tb", out / "live", out / "backup")
         training.fit(model, params.train, xy, dirs, params.seed, "plain")
-        best = models.load_model(dirs.checkpoint)
-        raw = best.predict(xy["test"][0], batch_size=params.evaluate.batch_size, verbose=0)
-        print(metrics.score(schema, xy["test"][1], raw))
+        best = models.compose(preprocessor, models.load_model(dirs.checkpoint))
+        models.save_model(best, out / "model.keras")
+        inputs, y_test = data.inputs_and_target(splits["test"], schema)
+        raw = features.predict(best, inputs, params.evaluate.batch_size)
+        print(metrics.score(schema, y_test, raw))
         (out / "export").mkdir()
-        export.write_formats(dirs.checkpoint, best, params.export.formats, out / "export")
+        export.write_formats(out / "model.keras", best, params.export.formats, out / "export")
 
 
 if __name__ == "__main__":

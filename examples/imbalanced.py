@@ -13,7 +13,7 @@ import pandas as pd
 from sklearn.datasets import make_classification
 from sklearn.metrics import balanced_accuracy_score, recall_score
 
-from mlpipe import data, models, runtime, training
+from mlpipe import data, features, models, runtime, training
 from mlpipe.config import parse_params
 
 
@@ -35,15 +35,17 @@ def train_and_score(frame: pd.DataFrame, class_weight, seed: int = 0) -> dict:
     params = parse_params(
         {
             "seed": seed,
+            "data": {"target": "label"},
             "model": {"hidden_units": [32, 16]},
             "train": {"epochs": 30, "class_weight": class_weight},
         }
     )
-    splits = data.split_frame(frame, "label", "classification", params.data, seed)
-    schema = data.make_schema(frame, "label", "classification")
-    xy = {name: data.features_and_target(part, schema) for name, part in splits.items()}
+    splits, schema = data.prepare(frame, None, params.data, seed)
     runtime.seed_everything(seed)
-    model = models.build_model(params.model, schema, xy["train"][0])
+    preprocessor, model = models.split_model(
+        models.build_model(params.model, schema, splits["train"])
+    )
+    xy = features.matrices(preprocessor, splits, schema)
     steps = training.steps(len(xy["train"][0]), params.train.batch_size)
     training.compile_model(model, params.train, schema, steps)
     weights = training.class_weights(params.train, schema, xy["train"][1])

@@ -1,7 +1,10 @@
-"""Build: the untrained MLP, with a Normalization layer adapted on the training split.
+"""Build: the untrained model: preprocessing learned on the training split, then the MLP.
+
+The model takes raw named columns. Numeric ones are imputed with training medians, standardized
+and clipped; categorical ones are one-hot encoded, with a bucket for values unseen in training.
 
 Reads:  <prepared>/train.parquet, <prepared>/schema.json.
-Writes: <model> (.keras) and <summary> (layers, output shapes, parameter counts).
+Writes: <model> (.keras) and <summary> (inputs, layers, output shapes, parameter counts).
 Params: seed, model.
 """
 
@@ -30,10 +33,9 @@ def main() -> None:
     # Data: only the training split is seen here
     schema = data.read_schema(args.prepared)
     train = data.read_splits(args.prepared, ("train",))["train"]
-    x_train, _ = data.features_and_target(train, schema)
 
     # Build and save
-    model = models.build_model(params.model, schema, x_train)
+    model = models.build_model(params.model, schema, train)
     summary = models.summary_text(model)
     log.info("built %s with %d parameters", model.name, model.count_params())
     models.save_model(model, args.model)

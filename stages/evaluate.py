@@ -25,16 +25,16 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
 
-    from mlpipe import models
+    from mlpipe import features, models
 
     # Data and model
     schema = data.read_schema(args.prepared)
     test = data.read_splits(args.prepared, ("test",))["test"]
-    x_test, y_test = data.features_and_target(test, schema)
+    inputs, y_test = data.inputs_and_target(test, schema)
     model = models.load_model(args.model)
 
-    # Score
-    raw = model.predict(x_test, batch_size=params.evaluate.batch_size, verbose=0)
+    # Score: raw columns in, as in serving
+    raw = features.predict(model, inputs, params.evaluate.batch_size)
     scores = metrics.score(schema, y_test, raw)
     log.info("test: %s", " ".join(f"{k}={v}" for k, v in scores.items()))
 

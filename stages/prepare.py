@@ -1,12 +1,16 @@
-"""Prepare: load the dataset, split it and describe it.
+"""Prepare: load the dataset, check it, split it and describe it.
 
-Reads:  the dataset named by `data.source`.
-Writes: <out>/{train,valid,test}.parquet and <out>/schema.json (features, target, task, classes).
+Reads:  the dataset named by `data.source` (and `data.test_source`); optionally the metadata of
+        the currently exported model, only to warn when the features changed.
+Writes: <out>/{train,valid,test}.parquet and <out>/schema.json (features and their kinds,
+        target, task, classes). Nothing is written unless every check passes.
 Params: seed, data.
 """
 
 import argparse
+import json
 import logging
+from pathlib import Path
 
 from mlpipe import data, io, stage
 from mlpipe.config import load_params
@@ -17,25 +21,50 @@ log = logging.getLogger("mlpipe.prepare")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", help="folder for the splits and the schema")
+    parser.add_argument(
+        "--raw", type=Path, help="folder of data files that DVC watches for changes"
+    )
+    parser.add_argument(
+        "--previous", type=Path, help="metadata.json of the exported model, to compare features"
+    )
     args = parser.parse_args()
     params = load_params()
 
-    # Load
-    frame, default_target = data.load_source(params.data.source)
-    target, task = data.select_target(frame, params.data, default_target)
-    data.check_weight_column(frame, params.data, target)
-    log.info("%s: %d rows, target `%s`, task %s", params.data.source, len(frame), target, task)
+    # Load and check
+    frame, default_target = data.load_source(params.data)
+    test = data.load_test_source(params.data)
+    files = [s for s in (params.data.source, params.data.test_source) if s and ":" not in s]
+    for source in files:
+        if args.raw and not Path(source).resolve().is_relative_to(args.raw.resolve()):
+            log.warning(
+                "%s is outside %s/: DVC will not rerun the pipeline when it changes",
+                source,
+                args.raw,
+            )
 
-    # Split
-    splits = data.split_frame(frame, target, task, params.data, params.seed)
-    schema = data.make_schema(frame, target, task, params.data.weight_column)
+    # Check and split; then say what looks wrong without refusing it
+    splits, schema = data.prepare(frame, default_target, params.data, params.seed, test)
+    log.info("%s: %d rows, %d features", params.data.source, len(frame), len(schema["features"]))
+    warnings = data.data_warnings(splits, schema)
+    if args.previous and args.previous.is_file():
+        try:
+            changes = data.schema_changes(schema, json.loads(args.previous.read_text()))
+        except (ValueError, AttributeError, TypeError):
+            changes = []
+            log.warning("%s is unreadable; features not compared with it", args.previous)
+        if changes:
+            warnings.append(
+                "the data differs from what the current model was trained on: " + "; ".join(changes)
+            )
+    for warning in warnings:
+        log.warning("%s", warning)
 
     # Write everything or nothing
     with io.atomic_dir(args.out) as tmp:
         for name, part in splits.items():
             part.to_parquet(tmp / f"{name}.parquet", index=False)
             log.info("%s: %d rows", name, len(part))
-        io.write_json(tmp / data.SCHEMA_FILE, schema)
+        io.write_json(tmp / data.SCHEMA_FILE, {**schema, "warnings": warnings})
 
 
 if __name__ == "__main__":

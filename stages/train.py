@@ -1,5 +1,8 @@
 """Train: fit the built model with checkpointing, early stopping, TensorBoard and DVCLive.
 
+The model's preprocessing part was learned in `build` and stays fixed: it turns each split
+into a feature matrix once, and only the MLP behind it is trained.
+
 A loss that becomes NaN or infinite fails the stage (exit 2) and saves no model.
 
 Reads:  <prepared>/{train,valid}.parquet, <prepared>/schema.json, <untrained> (.keras).
@@ -33,18 +36,18 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
 
-    from mlpipe import callbacks, models, runtime, training
+    from mlpipe import callbacks, features, models, runtime, training
 
     # Data
     schema = data.read_schema(args.prepared)
     training.check_monitor(params.train, schema)
     splits = data.read_splits(args.prepared, ("train", "valid"))
-    xy = {name: data.features_and_target(frame, schema) for name, frame in splits.items()}
     sample_weight = data.sample_weights(splits["train"], schema)
 
     # Model, and the weighting checks Keras would only fail on mid-fit
     runtime.seed_everything(params.seed)
-    model = models.load_model(args.untrained)
+    preprocessor, model = models.split_model(models.load_model(args.untrained))
+    xy = features.matrices(preprocessor, splits, schema)
     training.check_weighting(params.train, schema, model)
     class_weight = training.class_weights(params.train, schema, xy["train"][1])
     steps_per_epoch = training.steps(len(xy["train"][0]), params.train.batch_size)
@@ -72,7 +75,10 @@ def main() -> None:
     except KeyboardInterrupt:
         log.warning("rerun to resume from the last completed epoch, kept in %s", dirs.backup)
         raise
-    dirs.checkpoint.replace(args.model)
+    # The best epoch's MLP behind the unchanged preprocessing: one model from raw columns.
+    best = models.compose(preprocessor, models.load_model(dirs.checkpoint))
+    models.save_model(best, args.model)
+    dirs.checkpoint.unlink()
     log.info(
         "best epoch %d of %d: %s=%.4f",
         summary["best_epoch"],

@@ -55,10 +55,8 @@ def write_prepared(out: Path, digits) -> Path:
 def digits():
     """(splits, schema) of the default dataset with tiny params."""
     params = tiny_params()
-    frame, default_target = data.load_source(params.data.source)
-    target, task = data.select_target(frame, params.data, default_target)
-    splits = data.split_frame(frame, target, task, params.data, params.seed)
-    return splits, data.make_schema(frame, target, task)
+    frame, default_target = data.load_source(params.data)
+    return data.prepare(frame, default_target, params.data, params.seed)
 
 
 @pytest.fixture

@@ -2,15 +2,34 @@ import re
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 
-from mlpipe import MlpipeError, data, models, runtime
-from mlpipe.config import ModelParams
+from mlpipe import MlpipeError, data, features, models, runtime
+from mlpipe.config import DataParams, ModelParams
 
 
-def schema_for(task, classes=None, n_features=5):
-    features = [{"name": f"f{i}", "dtype": "float64"} for i in range(n_features)]
-    return {"features": features, "target": "y", "task": task, "classes": classes}
+def numeric_frame(n_rows=40, n_features=5, seed=0):
+    x = np.random.default_rng(seed).normal(size=(n_rows, n_features))
+    return pd.DataFrame(x, columns=[f"f{i}" for i in range(n_features)]).assign(y=x[:, 0])
+
+
+def schema_for(frame, task="regression", classes=None):
+    feature_cols = [c for c in frame.columns if c != "y"]
+    schema = data.make_schema(frame, "y", "regression", DataParams(), feature_cols)
+    return {**schema, "task": task, "classes": classes}
+
+
+def mixed_frame():
+    """Numbers with gaps, a text column with gaps and a rare level, a boolean."""
+    return pd.DataFrame(
+        {
+            "size": [1.0, 2.0, np.nan, 4.0, 5.0, 6.0, 7.0, np.nan],
+            "city": ["a", "b", "a", None, "a", "b", "c", "a"],
+            "new": [True, False, True, True, False, False, True, False],
+            "y": np.arange(8.0),
+        }
+    )
 
 
 @pytest.mark.parametrize(
@@ -22,29 +41,51 @@ def schema_for(task, classes=None, n_features=5):
     ],
 )
 def test_output_layer_follows_the_task(task, classes, units, activation):
-    x = np.random.default_rng(0).normal(size=(40, 5)).astype("float32")
-    model = models.build_model(ModelParams(hidden_units=[8]), schema_for(task, classes), x)
-    output = model.layers[-1]
+    frame = numeric_frame()
+    model = models.build_model(
+        ModelParams(hidden_units=[8]), schema_for(frame, task, classes), frame
+    )
+    _, core = models.split_model(model)
+    output = core.layers[-1]
     assert output.units == units
     assert output.activation.__name__ == activation
     assert model.output_shape == (None, units)
 
 
-def test_normalization_is_adapted_on_the_training_split_only(digits):
+def test_preprocessing_is_learned_on_the_training_split_only(digits):
     splits, schema = digits
-    x_train, _ = data.features_and_target(splits["train"], schema)
-    model = models.build_model(ModelParams(hidden_units=[8]), schema, x_train)
-    normalization = model.get_layer("normalization")
-    np.testing.assert_allclose(np.ravel(normalization.mean), x_train.mean(axis=0), rtol=1e-4)
-    np.testing.assert_allclose(
-        np.ravel(normalization.variance), x_train.var(axis=0), rtol=1e-3, atol=1e-5
-    )
-    x_all = np.vstack([data.features_and_target(p, schema)[0] for p in splits.values()])
-    assert not np.allclose(np.ravel(normalization.mean), x_all.mean(axis=0), rtol=1e-4)
+    model = models.build_model(ModelParams(hidden_units=[8]), schema, splits["train"])
+    layer = model.get_layer("preprocess").get_layer("impute_standardize")
+    x_train = splits["train"][data.feature_names(schema)].to_numpy(dtype=np.float64)
+    np.testing.assert_allclose(layer.mean, x_train.mean(axis=0), rtol=1e-6)
+    std = x_train.std(axis=0)
+    np.testing.assert_allclose(layer.std, np.where(std > 0, std, 1.0), rtol=1e-6)
+    x_all = np.vstack([p[data.feature_names(schema)].to_numpy() for p in splits.values()])
+    assert not np.allclose(layer.mean, x_all.mean(axis=0), rtol=1e-4)
+
+
+def test_missing_numbers_get_the_training_median_and_unseen_categories_a_bucket():
+    frame = mixed_frame()
+    schema = data.make_schema(frame, "y", "regression", DataParams(), ["size", "city", "new"])
+    assert [f["kind"] for f in schema["features"]] == ["numeric", "categorical", "numeric"]
+    model = models.build_model(ModelParams(hidden_units=[4], clip_inputs=None), schema, frame)
+    preprocessor, _ = models.split_model(model)
+    rows = pd.DataFrame({"size": [np.nan, 4.5], "city": ["zzz", None], "new": [True, False]})
+    out = features.predict(preprocessor, data.model_inputs(rows, schema), 8)
+    stats = features.numeric_stats(frame, ["size", "new"])
+    assert stats["median"] == [4.5, 0.5]
+    # A missing size is the median: it standardizes exactly like the value 4.5.
+    np.testing.assert_allclose(out[0, 0], out[1, 0], atol=1e-6)
+    # city: vocabulary [a, b, "", c] (by frequency), one-hot with the out-of-vocabulary slot
+    # first. "zzz" was never seen: only the OOV slot; a missing city was seen as "".
+    assert features.vocabulary(frame, "city") == ["a", "b", "", "c"]
+    np.testing.assert_array_equal(out[0, 2:], [1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(out[1, 2:], [0, 0, 0, 1, 0])
+    assert out.shape == (2, 2 + 5)
 
 
 def test_hidden_layers_dropout_batch_norm_and_l2():
-    x = np.random.default_rng(0).normal(size=(40, 5)).astype("float32")
+    frame = numeric_frame()
     cfg = ModelParams(
         hidden_units=[16, 8, 4],
         activation="elu",
@@ -53,61 +94,60 @@ def test_hidden_layers_dropout_batch_norm_and_l2():
         batch_norm=True,
         l2=0.01,
     )
-    model = models.build_model(cfg, schema_for("regression"), x)
-    dense = [layer for layer in model.layers if layer.name.startswith("hidden_")]
+    _, core = models.split_model(models.build_model(cfg, schema_for(frame), frame))
+    dense = [layer for layer in core.layers if layer.name.startswith("hidden_")]
     assert [layer.units for layer in dense] == [16, 8, 4]
     assert {layer.activation.__name__ for layer in dense} == {"elu"}
     assert {type(layer.kernel_initializer).__name__ for layer in dense} == {"GlorotUniform"}
     assert all(layer.kernel_regularizer.l2 == pytest.approx(0.01) for layer in dense)
-    kinds = [type(layer).__name__ for layer in model.layers]
+    kinds = [type(layer).__name__ for layer in core.layers]
     assert kinds.count("BatchNormalization") == 3 and kinds.count("Dropout") == 3
-    plain = models.build_model(
-        ModelParams(hidden_units=[16], clip_inputs=None), schema_for("regression"), x
-    )
-    assert {type(layer).__name__ for layer in plain.layers} == {"Normalization", "Dense"}
 
 
 def test_standardized_inputs_are_clipped():
-    x = np.zeros((40, 2), dtype="float32")
-    x[:20, 1] = 2.0  # feature 0 is constant in training, feature 1 has mean 1 and std 1
+    frame = pd.DataFrame({"f0": np.zeros(40), "f1": np.r_[np.full(20, 2.0), np.zeros(20)]})
+    frame["y"] = 0.0  # f0 is constant in training, f1 has mean 1 and std 1
     model = models.build_model(
-        ModelParams(hidden_units=[4], clip_inputs=3.0), schema_for("regression", n_features=2), x
+        ModelParams(hidden_units=[4], clip_inputs=3.0), schema_for(frame), frame
     )
-    clipped = keras.Model(model.inputs, model.get_layer("clip_scale_up").output)
-    probe = np.array([[0.0, 1.5], [16.0, -40.0], [-16.0, 40.0]], dtype="float32")
-    np.testing.assert_allclose(
-        clipped.predict(probe, verbose=0), [[0.0, 0.5], [3.0, -3.0], [-3.0, 3.0]], atol=1e-5
-    )
+    preprocessor, _ = models.split_model(model)
+    probe = pd.DataFrame({"f0": [0.0, 16.0, -16.0], "f1": [1.5, -40.0, 40.0]})
+    out = features.predict(preprocessor, data.model_inputs(probe, schema_for(frame)), 8)
+    np.testing.assert_allclose(out, [[0.0, 0.5], [3.0, -3.0], [-3.0, 3.0]], atol=1e-5)
 
 
 def test_same_seed_builds_the_same_weights():
-    x = np.random.default_rng(0).normal(size=(40, 5)).astype("float32")
+    frame = numeric_frame()
     weights = []
     for _ in range(2):
         runtime.seed_everything(11)
-        model = models.build_model(ModelParams(hidden_units=[8]), schema_for("regression"), x)
-        weights.append(model.get_layer("hidden_1").kernel.numpy())
+        model = models.build_model(ModelParams(hidden_units=[8]), schema_for(frame), frame)
+        weights.append(model.get_layer("core").get_layer("hidden_1").kernel.numpy())
     np.testing.assert_array_equal(weights[0], weights[1])
 
 
-def test_summary_lists_layers_shapes_and_counts(digits):
+def test_summary_lists_inputs_layers_shapes_and_counts(digits):
     splits, schema = digits
-    x_train, _ = data.features_and_target(splits["train"], schema)
-    model = models.build_model(ModelParams(hidden_units=[300, 100]), schema, x_train)
+    model = models.build_model(ModelParams(hidden_units=[300, 100]), schema, splits["train"])
     text = models.summary_text(model)
-    assert re.search(r"^hidden_1 +Dense +\(None, 300\) +19,500$", text, re.M)
+    assert "Inputs: 64 named columns (64 numeric, 0 categorical)" in text
+    assert re.search(r"^core/hidden_1 +Dense +\(None, 300\) +19,500$", text, re.M)
     assert f"Total params: {model.count_params():,}" in text
-    assert model.count_params() == 129 + 64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
+    assert model.count_params() == 64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
 
 
 def test_save_and_load_round_trip(tmp_path):
-    x = np.random.default_rng(0).normal(size=(40, 5)).astype("float32")
-    model = models.build_model(ModelParams(hidden_units=[8]), schema_for("regression"), x)
+    frame = mixed_frame()
+    schema = data.make_schema(frame, "y", "regression", DataParams(), ["size", "city", "new"])
+    model = models.build_model(ModelParams(hidden_units=[8]), schema, frame)
     path = tmp_path / "m.keras"
     models.save_model(model, path)
     assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]
     again = models.load_model(path)
-    np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0))
+    inputs = data.model_inputs(frame, schema)
+    np.testing.assert_allclose(
+        features.predict(again, inputs, 4), features.predict(model, inputs, 4), rtol=1e-6
+    )
 
 
 def test_loading_a_foreign_file_says_what_to_do(tmp_path):
@@ -117,4 +157,23 @@ def test_loading_a_foreign_file_says_what_to_do(tmp_path):
         models.load_model(path)
     with pytest.raises(MlpipeError, match="not found"):
         models.load_model(tmp_path / "absent.keras")
+    h5 = tmp_path / "m.h5"
+    h5.write_text("x")
+    with pytest.raises(MlpipeError, match=r"only `\.keras`"):
+        models.load_model(h5)
     assert keras.__version__.startswith("3.")
+
+
+def test_a_model_that_would_run_code_is_refused(tmp_path):
+    inputs = keras.Input(shape=(2,))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2)(inputs))
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    with pytest.raises(MlpipeError, match="refused"):
+        models.load_model(path)
+
+
+def test_a_model_from_elsewhere_is_named_as_such():
+    inputs = keras.Input(shape=(2,))
+    with pytest.raises(MlpipeError, match="not built by this project"):
+        models.split_model(keras.Model(inputs, keras.layers.Dense(1)(inputs)))

@@ -55,8 +55,8 @@ def test_stage_writes_metrics_and_prediction_rows(prepared_dir, tmp_path):
     params = tiny_params(evaluate={"batch_size": 50})
     (tmp_path / "params.yaml").write_text(json.dumps(params.model_dump(mode="json")))
     schema = data.read_schema(prepared_dir)
-    x_train, _ = data.features_and_target(data.read_splits(prepared_dir)["train"], schema)
-    models.save_model(models.build_model(params.model, schema, x_train), tmp_path / "m.keras")
+    train = data.read_splits(prepared_dir)["train"]
+    models.save_model(models.build_model(params.model, schema, train), tmp_path / "m.keras")
     args = [str(prepared_dir), "m.keras", "evaluate.json", "predictions.csv"]
     result = run_stage("evaluate", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -1,21 +1,20 @@
 import hashlib
 import json
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from conftest import tiny_params
-from mlpipe import data, export, io, models
+from mlpipe import data, export, features, io, models
 
 
 @pytest.fixture
 def exported(prepared_dir, tmp_path):
     params = tiny_params()
     schema = data.read_schema(prepared_dir)
-    x_train, _ = data.features_and_target(data.read_splits(prepared_dir)["train"], schema)
-    model = models.build_model(params.model, schema, x_train)
+    train = data.read_splits(prepared_dir)["train"]
+    model = models.build_model(params.model, schema, train)
     model_file = tmp_path / "model.keras"
     models.save_model(model, model_file)
     out = tmp_path / "export"
@@ -25,23 +24,29 @@ def exported(prepared_dir, tmp_path):
             tmp / export.METADATA_FILE,
             export.metadata(schema, params, prepared_dir / "train.parquet"),
         )
-    return model, out, schema, x_train
+    return model, out, schema, data.model_inputs(train.head(64), schema)
 
 
 def test_both_formats_predict_like_the_model_in_memory(exported):
-    model, out, _, x = exported
-    x = x[:64]
-    expected = model.predict(x, verbose=0)
-    reloaded = keras.models.load_model(out / export.KERAS_FILE)
-    np.testing.assert_allclose(reloaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    model, out, _, inputs = exported
+    expected = features.predict(model, inputs, 32)
+    reloaded = models.load_model(out / export.KERAS_FILE)
+    np.testing.assert_allclose(
+        features.predict(reloaded, inputs, 32), expected, rtol=1e-5, atol=1e-6
+    )
     served = tf.saved_model.load(str(out / export.SAVED_MODEL_DIR))
-    np.testing.assert_allclose(served.serve(tf.constant(x)).numpy(), expected, rtol=1e-5, atol=1e-6)
+    # The serving signature takes the raw columns by name.
+    got = served.serve({name: tf.constant(values) for name, values in inputs.items()})
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_metadata_records_provenance(exported, prepared_dir):
     _, out, schema, _ = exported
     meta = json.loads((out / export.METADATA_FILE).read_text())
-    assert meta["features"] == data.feature_names(schema)
+    assert [f["name"] for f in meta["features"]] == data.feature_names(schema)
+    assert {f["kind"] for f in meta["features"]} == {"numeric"}
+    train = data.read_splits(prepared_dir)["train"]
+    assert meta["features"][10]["median"] == train[data.feature_names(schema)[10]].median()
     assert meta["classes"] == list(range(10))
     assert meta["task"] == "classification"
     assert {"tensorflow", "keras", "python", "mlpipe"} <= set(meta["versions"])
@@ -54,8 +59,7 @@ def test_metadata_records_provenance(exported, prepared_dir):
 def test_formats_param_limits_what_is_written(prepared_dir, tmp_path):
     params = tiny_params(export={"formats": ["keras"]})
     schema = data.read_schema(prepared_dir)
-    x_train, _ = data.features_and_target(data.read_splits(prepared_dir)["train"], schema)
-    model = models.build_model(params.model, schema, x_train)
+    model = models.build_model(params.model, schema, data.read_splits(prepared_dir)["train"])
     models.save_model(model, tmp_path / "m.keras")
     (tmp_path / "out").mkdir()
     export.write_formats(tmp_path / "m.keras", model, params.export.formats, tmp_path / "out")

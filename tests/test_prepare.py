@@ -1,4 +1,6 @@
+import json
 import os
+import re
 import subprocess
 import sys
 
@@ -8,7 +10,8 @@ import pytest
 
 from conftest import ROOT, run_stage
 from mlpipe import data
-from mlpipe.config import DataParams
+from mlpipe.config import CsvParams, DataParams
+from mlpipe.tables import read_table, to_numeric
 
 
 def labelled_frame(n=200, seed=0):
@@ -97,7 +100,7 @@ def test_regression_on_text_target_is_refused():
 
 def test_unknown_dataset_lists_choices():
     with pytest.raises(data.DataError, match="sklearn:digits"):
-        data.load_source("sklearn:mnist")
+        data.load_source(DataParams.model_construct(source="sklearn:mnist"))
 
 
 def test_target_encoding_rejects_unseen_labels():
@@ -143,3 +146,151 @@ def test_stage_error_names_the_column_and_keeps_previous_outputs(tmp_path):
     assert "Traceback" not in result.stderr
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "params.yaml"]
+
+
+# Users' own files
+
+
+def write_params(folder, **data_params):
+    (folder / "params.yaml").write_text(json.dumps({"seed": 1, "data": data_params}))
+
+
+def mixed_csv(n=60) -> str:
+    """A messy but valid CSV: padded cells, several missing-value markers, a text column."""
+    lines = ["id; size ;colour;flag;label"]
+    for i in range(n):
+        size = ["NA", "?", ""][i % 3] if i % 10 == 0 else f" {i * 1.5} "
+        colour = ["red", "blue", " green "][i % 3] if i % 7 else "N/A"
+        lines.append(f"{i};{size};{colour};{'true' if i % 2 else 'false'};{i % 4 == 0}")
+    return "\n".join(lines) + "\n"
+
+
+def test_csv_is_read_like_a_person_would_read_it(tmp_path):
+    path = tmp_path / "mixed.csv"
+    path.write_text(mixed_csv())
+    frame = read_table(path, CsvParams())
+    assert list(frame.columns) == ["id", "size", "colour", "flag", "label"]  # `;` was sniffed
+    assert frame["size"].dtype == "float64" and frame["size"].isna().sum() == 6
+    assert frame["size"][1] == 1.5
+    assert set(frame["colour"].dropna()) == {"red", "blue", "green"}
+    assert frame["colour"].isna().sum() == 9
+    assert frame["flag"].dtype == bool and frame["label"].dtype == bool
+    with pytest.raises(data.DataError, match="`size` is numeric but row 2 holds 'x'"):
+        to_numeric(pd.Series(["1", "x"], name="size"), "f.csv")
+
+
+def test_file_source_is_described_with_kinds_and_roles(tmp_path):
+    path = tmp_path / "mixed.csv"
+    path.write_text(mixed_csv())
+    params = DataParams(source=str(path), target="label", id_column="id", categorical=["flag"])
+    frame, default_target = data.load_source(params)
+    splits, schema = data.prepare(frame, default_target, params, seed=0)
+    kinds = {f["name"]: f["kind"] for f in schema["features"]}
+    assert kinds == {"size": "numeric", "colour": "categorical", "flag": "categorical"}
+    assert schema["task"] == "classification" and schema["classes"] == [False, True]
+    assert schema["id_column"] == "id"
+    assert sum(map(len, splits.values())) == 60
+
+
+def test_features_include_and_exclude(tmp_path):
+    frame = labelled_frame().assign(z=1.0)
+    only = DataParams(target="label", features={"include": ["x"]})
+    assert data.feature_columns(frame, only, "label") == ["x"]
+    without = DataParams(target="label", features={"exclude": ["z"]}, id_column="row_id")
+    assert data.feature_columns(frame, without, "label") == ["x"]
+    assert data.input_names(["a b", "a-b", "1st", ""]) == ["a_b", "a_b_2", "f_1st", "column"]
+
+
+def test_data_own_split_column_and_test_file(tmp_path):
+    frame = labelled_frame().assign(part=["test" if i % 5 == 0 else "train" for i in range(200)])
+    params = DataParams(source="t.csv", split_column="part")
+    splits = data.split_frame(frame, "label", "classification", params, seed=0)
+    assert len(splits["test"]) == 40 and set(splits["test"]["row_id"] % 5) == {0}
+    assert len(splits["valid"]) == round(160 * 0.1)
+    bad = frame.assign(part="holdout")
+    with pytest.raises(data.DataError, match="row 1 holds 'holdout'; use train, valid or test"):
+        data.split_frame(bad, "label", "classification", params, seed=0)
+    (tmp_path / "test.csv").write_text(labelled_frame(30, seed=5).to_csv(index=False))
+    with_test = DataParams(source="t.csv", test_source=str(tmp_path / "test.csv"))
+    test = data.load_test_source(with_test)
+    splits, _ = data.prepare(frame.drop(columns="part"), "label", with_test, 0, test)
+    assert len(splits["test"]) == 30 and len(splits["train"]) + len(splits["valid"]) == 200
+    with pytest.raises(data.DataError, match=r"test.csv: columns \['x'\] are missing"):
+        data.prepare(frame.drop(columns="part"), "label", with_test, 0, test.drop(columns="x"))
+
+
+VALID_ROWS = "1,a\n2,b\n" * 5
+BAD_INPUTS = {
+    "empty file": ("", {}, "bad.csv: the file is empty"),
+    "header only": ("x,y\n", {}, "bad.csv: no data rows"),
+    "missing target": ("x,y\n" + VALID_ROWS, {"target": "price"}, "column `price` is not in"),
+    "target with gaps": (
+        "x,y\n" + "1,a\n2,\n" * 5,
+        {},
+        r"target `y` is missing in 5 rows \(rows \[2, 4, 6, 8, 10\]",
+    ),
+    "single class": ("x,y\n" + "1,a\n" * 9, {}, r"has a single class \('a'\)"),
+    "rare class": ("x,y\n" + "1,a\n" * 20 + "2,b\n2,b\n", {}, r"fewer than 3 rows \('b': 2\)"),
+    "junk in numeric": (
+        "x,y\n" + "1,a\n2,b\n" * 5 + "oops,a\n",
+        {"numeric": ["x"]},
+        "column `x` is numeric but row 11 holds 'oops'",
+    ),
+    "duplicate names": ("x,x,y\n1,2,a\n", {}, r"duplicate column names \['x'\]"),
+    "absent feature": (
+        "x,y\n" + VALID_ROWS,
+        {"features": {"include": ["x", "w"]}},
+        r"\['w'\] are not",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_file_fails_naming_the_problem_and_keeps_previous_outputs(tmp_path, case):
+    text, settings, message = BAD_INPUTS[case]
+    good = tmp_path / "good.csv"
+    good.write_text(labelled_frame().to_csv(index=False))
+    write_params(tmp_path, source="good.csv", target="label")
+    assert run_stage("prepare", "out", cwd=tmp_path).returncode == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+
+    (tmp_path / "bad.csv").write_text(text)
+    write_params(tmp_path, source="bad.csv", **{"target": "y", **settings})
+    result = run_stage("prepare", "out", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert re.search(message, result.stderr), result.stderr
+    assert "bad.csv" in result.stderr and "Traceback" not in result.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bad.csv",
+        "good.csv",
+        "out",
+        "params.yaml",
+    ]
+
+
+def test_suspicious_data_is_warned_about_not_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "x": rng.normal(size=100),
+            "same": 1.0,
+            "copy": np.arange(100) % 2,
+            "dup": np.repeat(np.arange(10), 10).astype(float),
+            "y": np.arange(100) % 2,
+        }
+    )
+    frame.loc[50:, "x"] = frame.loc[:49, "x"].to_numpy()  # rows 50.. repeat rows 0..49
+    frame.loc[50:, "dup"] = frame.loc[:49, "dup"].to_numpy()
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    (tmp_path / "meta.json").write_text(json.dumps({"features": ["x", "gone"], "target": "y"}))
+    write_params(tmp_path, source="d.csv", target="y")
+    result = run_stage("prepare", "out", "--previous", "meta.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "constant in the training split, so useless as features: ['same']" in result.stderr
+    assert "test rows also appear, identical, in the training split" in result.stderr
+    assert "feature `copy` is identical to the target: a leak" in result.stderr
+    assert "features no longer present ['gone']" in result.stderr
+    assert "new features ['copy', 'dup', 'same']" in result.stderr
+    schema = data.read_schema(tmp_path / "out")
+    assert len(schema["warnings"]) == 4

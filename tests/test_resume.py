@@ -29,9 +29,9 @@ def setup_run(folder, prepared_dir, **train):
     params = tiny_params(train=settings)
     (folder / "params.yaml").write_text(json.dumps(params.model_dump(mode="json")))
     schema = data.read_schema(prepared_dir)
-    x_train, _ = data.features_and_target(data.read_splits(prepared_dir)["train"], schema)
+    train = data.read_splits(prepared_dir)["train"]
     runtime.seed_everything(params.seed)  # both runs of a comparison start from the same model
-    model = models.build_model(params.model, schema, x_train)
+    model = models.build_model(params.model, schema, train)
     models.save_model(model, folder / "untrained.keras")
     return folder
 

@@ -7,15 +7,16 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_stage, tiny_params
-from mlpipe import MlpipeError, callbacks, data, models, runtime, training
+from mlpipe import MlpipeError, callbacks, data, features, models, runtime, training
 
 
 def fit_tiny(digits, tmp_path, **train):
     splits, schema = digits
     params = tiny_params(train=train)
-    xy = {name: data.features_and_target(part, schema) for name, part in splits.items()}
     runtime.seed_everything(params.seed)
-    model = models.build_model(params.model, schema, xy["train"][0])
+    built = models.build_model(params.model, schema, splits["train"])
+    preprocessor, model = models.split_model(built)
+    xy = features.matrices(preprocessor, splits, schema)
     steps = training.steps(len(xy["train"][0]), params.train.batch_size)
     training.compile_model(model, params.train, schema, steps)
     dirs = training.RunDirs(
@@ -95,8 +96,8 @@ def test_stage_replaces_model_only_when_training_succeeds(prepared_dir, tmp_path
     (tmp_path / "params.yaml").write_text(json.dumps({**tiny_params().model_dump(mode="json")}))
     untrained = tmp_path / "untrained.keras"
     schema = data.read_schema(prepared_dir)
-    x_train, _ = data.features_and_target(data.read_splits(prepared_dir)["train"], schema)
-    models.save_model(models.build_model(tiny_params().model, schema, x_train), untrained)
+    train = data.read_splits(prepared_dir)["train"]
+    models.save_model(models.build_model(tiny_params().model, schema, train), untrained)
     args = [str(prepared_dir), str(untrained), "model.keras", "train.json"]
     args += ["--dvclive", "live", "--tensorboard", "tb"]
     result = run_stage("train", *args, cwd=tmp_path)

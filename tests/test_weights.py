@@ -41,9 +41,10 @@ def test_unknown_label_and_regression_are_refused():
 
 def test_class_weight_with_sample_weights_or_several_outputs_is_refused_before_training():
     train = tiny_params(train={"class_weight": "balanced"}).train
-    x = np.zeros((4, 3), dtype="float32")
-    schema = {**CLASSES, "features": [{"name": n} for n in "abc"], "weight_column": "w"}
-    model = models.build_model(tiny_params().model, schema, x)
+    frame = pd.DataFrame(np.zeros((4, 3)), columns=list("abc"))
+    features = [{"name": n, "input": n, "kind": "numeric"} for n in "abc"]
+    schema = {**CLASSES, "features": features, "weight_column": "w"}
+    model = models.build_model(tiny_params().model, schema, frame)
     with pytest.raises(MlpipeError, match="Multiply each row's weight by its class's weight"):
         training.check_weighting(train, schema, model)
     import keras
@@ -61,10 +62,11 @@ def test_weight_column_is_checked_and_never_a_feature():
     frame = pd.DataFrame({"x": [1.0, 2.0, 3.0], "w": [1.0, 0.5, 2.0], "y": [0, 1, 0]})
     params = DataParams(weight_column="w")
     data.check_weight_column(frame, params, "y")
-    schema = data.make_schema(frame, "y", "classification", "w")
+    features = data.feature_columns(frame, params, "y")
+    schema = data.make_schema(frame, "y", "classification", params, features)
     assert data.feature_names(schema) == ["x"]
     np.testing.assert_array_equal(data.sample_weights(frame, schema), [1.0, 0.5, 2.0])
-    with pytest.raises(data.DataError, match=r"row 1 \(0-based\) holds -1\.0"):
+    with pytest.raises(data.DataError, match=r"row 2 holds -1\.0"):
         data.check_weight_column(frame.assign(w=[1.0, -1.0, 1.0]), params, "y")
     with pytest.raises(data.DataError, match="must be numeric"):
         data.check_weight_column(frame.assign(w=["a", "b", "c"]), params, "y")

@@ -26,6 +26,24 @@ def _schema(args: argparse.Namespace) -> None:
     print(json.dumps(Params.model_json_schema(), indent=2))
 
 
+def _predict(args: argparse.Namespace) -> None:
+    import logging
+
+    from mlpipe import predict
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    model, meta = predict.load(args.model)
+    rows = predict.predict_file(
+        model,
+        meta,
+        args.input,
+        args.output,
+        batch_size=args.batch_size,
+        chunk_rows=args.chunk_rows,
+    )
+    print(f"{args.output}: {rows} predictions")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlpipe", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mlpipe {__version__}")
@@ -43,6 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=func)
         if name != "schema":
             sub.add_argument("--file", default=DEFAULT_PARAMS_FILE, help="params file")
+
+    predict = commands.add_parser(
+        "predict", help="run an exported model on a CSV or Parquet file of new rows"
+    )
+    predict.set_defaults(func=_predict)
+    predict.add_argument("--model", required=True, help="export folder or .keras file")
+    predict.add_argument("--input", required=True, help="CSV or Parquet file of rows")
+    predict.add_argument("--output", required=True, help="CSV file to write")
+    predict.add_argument("--batch-size", type=int, default=1024, help="rows per model call")
+    predict.add_argument(
+        "--chunk-rows", type=int, default=100_000, help="rows read at a time (bounds memory)"
+    )
     return parser
 
 

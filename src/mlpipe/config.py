@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -39,29 +40,78 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Cells that mean "no value" in users' files, compared after trimming whitespace.
+DEFAULT_NA_VALUES = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "?"]
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
+
+
+class CsvParams(Section):
+    sep: str | None = Field(
+        None, min_length=1, description="Column delimiter; null: sniffed from the file."
+    )
+    na_values: list[str] = Field(
+        DEFAULT_NA_VALUES, description="Cells read as missing values, after trimming whitespace."
+    )
+
+
+class FeatureSelection(Section):
+    include: list[str] | None = Field(
+        None, description="Feature columns to use; null: every column not otherwise used."
+    )
+    exclude: list[str] = Field([], description="Columns never used as features.")
+
+
+def _check_source(value: str | None) -> str | None:
+    if value is None or re.fullmatch(r"sklearn:[a-z_]+", value):
+        return value
+    if not value.lower().endswith(TABLE_SUFFIXES):
+        raise ValueError(
+            f"expected `sklearn:<name>` or a path to a file ending in {', '.join(TABLE_SUFFIXES)}"
+        )
+    return value
+
+
 class DataParams(Section):
-    source: str = Field(
+    source: Annotated[str, AfterValidator(_check_source)] = Field(
         "sklearn:digits",
-        pattern=r"^sklearn:[a-z_]+$",
-        description="Dataset to load: `sklearn:<name>` for a dataset bundled with scikit-learn.",
+        description="`sklearn:<name>` for a dataset bundled with scikit-learn, or a path to a "
+        "CSV or Parquet file relative to the project root.",
+    )
+    test_source: Annotated[str | None, AfterValidator(_check_source)] = Field(
+        None, description="A separate CSV or Parquet file of test rows; null: split from source."
+    )
+    split_column: str | None = Field(
+        None, description="Column whose values (train, valid, test) assign rows to splits."
     )
     target: str | None = Field(
         None, description="Target column; null means the dataset's own target."
     )
     task: Literal["auto", "classification", "regression"] = "auto"
+    features: FeatureSelection = FeatureSelection()
+    categorical: list[str] = Field([], description="Columns to treat as categories.")
+    numeric: list[str] = Field([], description="Columns that must hold numbers.")
+    id_column: str | None = Field(None, description="Row identifier; never a feature.")
     weight_column: str | None = Field(
         None, description="Per-row sample weight column; never used as a feature."
     )
+    csv: CsvParams = CsvParams()
     test_size: Fraction = 0.2
     valid_size: Fraction = 0.1
 
     @model_validator(mode="after")
-    def _splits_leave_training_rows(self) -> DataParams:
+    def _consistent(self) -> DataParams:
         if self.test_size + self.valid_size >= 1:
             raise ValueError(
                 f"test_size + valid_size must be below 1 so that rows are left for training, "
                 f"got {self.test_size} + {self.valid_size}"
             )
+        both = sorted(set(self.categorical) & set(self.numeric))
+        if both:
+            raise ValueError(f"columns {both} are in both data.categorical and data.numeric")
+        if self.test_source and self.split_column:
+            raise ValueError("give data.test_source or data.split_column, not both")
+        if self.source.startswith("sklearn:") and (self.test_source or self.split_column):
+            raise ValueError("data.test_source and data.split_column apply to files, not sklearn:")
         return self
 
 

@@ -1,8 +1,10 @@
-"""Loading, splitting and describing tabular data. Imports no TensorFlow."""
+"""Loading, checking, splitting and describing tabular data. Imports no TensorFlow."""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,9 +13,11 @@ import pandas as pd
 from sklearn import datasets
 from sklearn.model_selection import train_test_split
 
-from mlpipe import MlpipeError
 from mlpipe.config import DataParams
 from mlpipe.io import plain
+from mlpipe.tables import DataError, read_table, to_categories, to_numeric
+
+log = logging.getLogger("mlpipe.data")
 
 SPLITS = ("train", "valid", "test")
 SCHEMA_FILE = "schema.json"
@@ -28,23 +32,47 @@ SKLEARN_LOADERS: dict[str, Callable] = {
 }
 # Integer targets with at most this many distinct values are taken as class labels.
 MAX_CLASSES_FOR_AUTO = 30
+# Values of data.split_column, read case-insensitively.
+SPLIT_NAMES = {"train": "train", "valid": "valid", "validation": "valid", "test": "test"}
 
 
-class DataError(MlpipeError):
-    """The data cannot be used as configured."""
+# Load
 
 
-def load_source(source: str) -> tuple[pd.DataFrame, str]:
-    """Load `data.source` as one frame; return it with the dataset's own target column name."""
-    name = source.removeprefix("sklearn:")
+def load_source(data: DataParams) -> tuple[pd.DataFrame, str | None]:
+    """Load `data.source` as one frame; return it with the dataset's own target, if it has one."""
+    if not data.source.startswith("sklearn:"):
+        return read_table(data.source, data.csv), None
+    name = data.source.removeprefix("sklearn:")
     loader = SKLEARN_LOADERS.get(name)
     if loader is None:
         raise DataError(
-            f"data.source: unknown dataset `{source}`; "
-            f"choose one of {', '.join('sklearn:' + n for n in SKLEARN_LOADERS)}"
+            f"data.source: unknown dataset `{data.source}`; "
+            f"choose one of {', '.join('sklearn:' + n for n in SKLEARN_LOADERS)}, or a file path"
         )
     bunch = loader(as_frame=True)
     return bunch.frame, bunch.target.name
+
+
+def load_test_source(data: DataParams) -> pd.DataFrame | None:
+    """The user's own test rows, read like `data.source`."""
+    return None if data.test_source is None else read_table(data.test_source, data.csv)
+
+
+def align_test(test: pd.DataFrame, frame: pd.DataFrame, schema: dict, data: DataParams):
+    """The test file's columns in the source's order; features, target and weights required."""
+    needed = [*feature_names(schema), schema["target"]]
+    needed += [schema["weight_column"]] if schema.get("weight_column") else []
+    missing = [c for c in needed if c not in test.columns]
+    if missing:
+        raise DataError(
+            f"{data.test_source}: columns {missing} are missing; the test file needs the "
+            f"feature, target and weight columns of {data.source}"
+        )
+    return test[[c for c in frame.columns if c in test.columns]]
+
+
+# Target and task
 
 
 def infer_task(target: pd.Series) -> str:
@@ -56,39 +84,55 @@ def infer_task(target: pd.Series) -> str:
     return "regression"
 
 
-def make_schema(
-    frame: pd.DataFrame, target: str, task: str, weight_column: str | None = None
-) -> dict:
-    """Describe features, target and classes: everything later stages need besides the rows."""
-    features = [
-        {"name": str(col), "dtype": str(frame[col].dtype)}
-        for col in frame.columns
-        if col not in (target, weight_column)
-    ]
-    schema = {
-        "features": features,
-        "target": target,
-        "task": task,
-        "classes": None,
-        "weight_column": weight_column,
-    }
-    if task == "classification":
-        schema["classes"] = [plain(v) for v in sorted(frame[target].unique())]
-    return schema
-
-
-def select_target(frame: pd.DataFrame, data: DataParams, default_target: str) -> tuple[str, str]:
+def select_target(
+    frame: pd.DataFrame, data: DataParams, default_target: str | None
+) -> tuple[str, str]:
     """Return the target column and the task, checking both against the frame."""
     target = data.target or default_target
+    columns = ", ".join(map(str, frame.columns))
+    if target is None:
+        raise DataError(
+            f"data.target: name the column to predict in {data.source}; columns are {columns}"
+        )
     if target not in frame.columns:
         raise DataError(
-            f"data.target: column `{target}` is not in {data.source}; "
-            f"columns are {', '.join(map(str, frame.columns))}"
+            f"data.target: column `{target}` is not in {data.source}; columns are {columns}"
+        )
+    missing = frame[target].isna()
+    if missing.any():
+        rows = (np.flatnonzero(missing.to_numpy())[:5] + 1).tolist()
+        raise DataError(
+            f"{data.source}: target `{target}` is missing in {int(missing.sum())} rows "
+            f"(rows {rows}...); fill them in or drop those rows"
         )
     task = infer_task(frame[target]) if data.task == "auto" else data.task
     if task == "regression" and not pd.api.types.is_numeric_dtype(frame[target]):
         raise DataError(f"data.task is regression but target `{target}` is not numeric")
+    if task == "classification":
+        check_classes(frame[target], data)
+    how = "inferred from the target" if data.task == "auto" else "from data.task"
+    log.info("task: %s (%s `%s`)", task, how, target)
     return target, task
+
+
+def check_classes(target: pd.Series, data: DataParams) -> None:
+    """Two classes at least, each with a row for every split cut from the data."""
+    counts = target.value_counts()
+    if len(counts) < 2:
+        raise DataError(
+            f"{data.source}: target `{target.name}` has a single class "
+            f"({plain(counts.index[0])!r}); a classifier needs at least two"
+        )
+    needed = 2 if data.test_source or data.split_column else 3
+    rare = counts[counts < needed]
+    if len(rare):
+        listed = ", ".join(f"{plain(label)!r}: {n}" for label, n in rare.head(10).items())
+        more = f" and {len(rare) - 10} more" if len(rare) > 10 else ""
+        raise DataError(
+            f"{data.source}: target `{target.name}` has {len(rare)} classes with fewer than "
+            f"{needed} rows ({listed}{more}); a stratified split needs a row of each class "
+            "in train, valid and test. Add rows, merge or drop those classes."
+        )
 
 
 def check_weight_column(frame: pd.DataFrame, data: DataParams, target: str) -> None:
@@ -109,42 +153,248 @@ def check_weight_column(frame: pd.DataFrame, data: DataParams, target: str) -> N
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(
             f"data.weight_column `{name}` must be a number >= 0 in every row; "
-            f"row {row} (0-based) holds {plain(weights.iloc[row])!r}"
+            f"row {row + 1} holds {plain(weights.iloc[row])!r}"
         )
 
 
-def sample_weights(frame: pd.DataFrame, schema: dict) -> np.ndarray | None:
-    name = schema.get("weight_column")
-    return None if name is None else frame[name].to_numpy(dtype=np.float32)
+# Features
+
+
+def feature_columns(frame: pd.DataFrame, data: DataParams, target: str) -> list[str]:
+    """The feature columns: `data.features.include`, or every column with no other role."""
+    named = {
+        "data.features.include": data.features.include or [],
+        "data.features.exclude": data.features.exclude,
+        "data.categorical": data.categorical,
+        "data.numeric": data.numeric,
+        "data.id_column": [data.id_column] if data.id_column else [],
+        "data.split_column": [data.split_column] if data.split_column else [],
+    }
+    for key, names in named.items():
+        absent = [n for n in names if n not in frame.columns]
+        if absent:
+            raise DataError(
+                f"{key}: columns {absent} are not in {data.source}; "
+                f"columns are {', '.join(map(str, frame.columns))}"
+            )
+    roles = {target, data.id_column, data.weight_column, data.split_column}
+    chosen = data.features.include or [c for c in frame.columns if c not in roles]
+    clash = [c for c in chosen if c in roles]
+    if clash:
+        raise DataError(
+            f"data.features.include: {clash} are the target, id, weight or split column and "
+            "cannot be features"
+        )
+    features = [c for c in chosen if c not in data.features.exclude]
+    if not features:
+        raise DataError(f"{data.source}: no feature columns are left; check data.features")
+    return features
+
+
+def feature_kind(column: pd.Series, data: DataParams) -> str:
+    """`numeric` or `categorical`: the declared kind, else numbers and booleans are numeric."""
+    if column.name in data.categorical:
+        return "categorical"
+    if column.name in data.numeric:
+        to_numeric(column, f"{data.source}, data.numeric")  # junk fails here, naming the row
+        return "numeric"
+    numeric = pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)
+    if not numeric:
+        numbers = pd.to_numeric(column.dropna(), errors="coerce")
+        if len(numbers) and numbers.notna().mean() >= 0.9:
+            log.warning(
+                "column `%s` is mostly numbers but holds text such as %r: treated as categorical;"
+                " list it in data.numeric to fail on such values instead",
+                column.name,
+                column.dropna()[numbers.isna()].iloc[0],
+            )
+    return "numeric" if numeric else "categorical"
+
+
+def input_names(names: list[str]) -> list[str]:
+    """Names usable as model inputs and serving-signature arguments, unique, in order."""
+    out: list[str] = []
+    for name in names:
+        base = re.sub(r"[^A-Za-z0-9_]", "_", str(name)).strip("_") or "column"
+        if not base[0].isalpha():
+            base = f"f_{base}"
+        candidate, n = base, 1
+        while candidate in out:
+            n += 1
+            candidate = f"{base}_{n}"
+        out.append(candidate)
+    return out
+
+
+def make_schema(
+    frame: pd.DataFrame, target: str, task: str, data: DataParams, features: list[str]
+) -> dict:
+    """Describe features, target and classes: everything later stages need besides the rows."""
+    names = input_names(features)
+    schema = {
+        "features": [
+            {
+                "name": str(col),
+                "input": name,
+                "kind": feature_kind(frame[col], data),
+                "dtype": str(frame[col].dtype),
+            }
+            for col, name in zip(features, names, strict=True)
+        ],
+        "target": target,
+        "task": task,
+        "classes": None,
+        "id_column": data.id_column,
+        "weight_column": data.weight_column,
+    }
+    if task == "classification":
+        schema["classes"] = [plain(v) for v in sorted(frame[target].unique())]
+    return schema
+
+
+# Split
 
 
 def split_frame(
-    frame: pd.DataFrame, target: str, task: str, data: DataParams, seed: int
+    frame: pd.DataFrame,
+    target: str,
+    task: str,
+    data: DataParams,
+    seed: int,
+    test: pd.DataFrame | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """Seeded train/valid/test split, stratified on the target for classification."""
+    """Train/valid/test: the data's own split where given, else seeded and stratified on the
+    target for classification."""
+    if data.split_column:
+        return _split_by_column(frame, target, task, data, seed)
+    if test is None:
+        frame, test = _cut(frame, data.test_size, target, task, seed)
+        valid_share = data.valid_size / (1 - data.test_size)
+    else:
+        valid_share = data.valid_size
+    train, valid = _cut(frame, valid_share, target, task, seed)
+    return _named(train, valid, test)
+
+
+def _split_by_column(frame, target, task, data, seed) -> dict[str, pd.DataFrame]:
+    labels = frame[data.split_column].map(lambda v: SPLIT_NAMES.get(str(v).strip().lower()))
+    unknown = labels.isna()
+    if unknown.any():
+        row = int(np.flatnonzero(unknown.to_numpy())[0])
+        raise DataError(
+            f"{data.source}: data.split_column `{data.split_column}` row {row + 1} holds "
+            f"{plain(frame[data.split_column].iloc[row])!r}; use train, valid or test"
+        )
+    parts = {name: frame[labels == name] for name in SPLITS}
+    if parts["test"].empty:
+        raise DataError(
+            f"{data.source}: data.split_column `{data.split_column}` marks no test rows"
+        )
+    if parts["valid"].empty:
+        parts["train"], parts["valid"] = _cut(parts["train"], data.valid_size, target, task, seed)
+    return _named(parts["train"], parts["valid"], parts["test"])
+
+
+def _cut(frame, share, target, task, seed) -> tuple[pd.DataFrame, pd.DataFrame]:
     stratify = frame[target] if task == "classification" else None
-    rest, test = train_test_split(
-        frame, test_size=data.test_size, stratify=stratify, random_state=seed
-    )
-    valid_of_rest = data.valid_size / (1 - data.test_size)
-    stratify = rest[target] if task == "classification" else None
-    train, valid = train_test_split(
-        rest, test_size=valid_of_rest, stratify=stratify, random_state=seed
-    )
-    return {
-        name: part.reset_index(drop=True)
-        for name, part in zip(SPLITS, (train, valid, test), strict=True)
-    }
+    try:
+        return train_test_split(frame, test_size=share, stratify=stratify, random_state=seed)
+    except ValueError as err:
+        raise DataError(
+            f"cannot split {len(frame)} rows stratified by `{target}`: {err}. "
+            "Use more rows, fewer classes, or a larger data.test_size / data.valid_size."
+        ) from None
+
+
+def _named(train, valid, test) -> dict[str, pd.DataFrame]:
+    parts = (train, valid, test)
+    return {name: part.reset_index(drop=True) for name, part in zip(SPLITS, parts, strict=True)}
+
+
+def prepare(
+    frame: pd.DataFrame,
+    default_target: str | None,
+    data: DataParams,
+    seed: int,
+    test: pd.DataFrame | None = None,
+) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Check the frame against `data`, split it and describe it: the prepare stage's work."""
+    target, task = select_target(frame, data, default_target)
+    check_weight_column(frame, data, target)
+    features = feature_columns(frame, data, target)
+    schema = make_schema(frame, target, task, data, features)
+    if test is not None:
+        test = align_test(test, frame, schema, data)
+    return split_frame(frame, target, task, data, seed, test), schema
+
+
+# Warnings: suspicious, not fatal
+
+
+def data_warnings(splits: dict[str, pd.DataFrame], schema: dict) -> list[str]:
+    """Constant columns, rows shared by train and test, features that copy the target."""
+    train, test = splits["train"], splits["test"]
+    names = feature_names(schema)
+    warnings = []
+    constant = [c for c in names if train[c].nunique(dropna=False) <= 1]
+    if constant:
+        warnings.append(f"constant in the training split, so useless as features: {constant}")
+    key = [*names, schema["target"]]
+    shared = test[key].merge(train[key].drop_duplicates(), how="inner", on=key)
+    if len(shared):
+        warnings.append(
+            f"{len(shared)} test rows also appear, identical, in the training split; the test "
+            "score overstates performance on new rows"
+        )
+    target = train[schema["target"]]
+    for name in names:
+        if train[name].equals(target) or train[name].astype(str).equals(target.astype(str)):
+            warnings.append(f"feature `{name}` is identical to the target: a leak; exclude it")
+    return warnings
+
+
+def schema_changes(schema: dict, previous: dict) -> list[str]:
+    """How the features differ from those a previous model was trained on."""
+    now = {f["name"]: f["kind"] for f in schema["features"]}
+    # Older metadata lists bare names; their kinds are unknown, so only names are compared.
+    before = {}
+    for f in previous.get("features", []):
+        name = f.get("name") if isinstance(f, dict) else str(f)
+        before[name] = f.get("kind", now.get(name)) if isinstance(f, dict) else now.get(name)
+    changes = []
+    if now.keys() - before.keys():
+        changes.append(f"new features {sorted(now.keys() - before.keys())}")
+    if before.keys() - now.keys():
+        changes.append(f"features no longer present {sorted(before.keys() - now.keys())}")
+    kinds = [n for n in now.keys() & before.keys() if now[n] != before[n]]
+    if kinds:
+        changes.append(f"features whose kind changed {sorted(kinds)}")
+    if schema["target"] != previous.get("target"):
+        changes.append(f"target `{previous.get('target')}` is now `{schema['target']}`")
+    return changes
+
+
+# What the model sees
 
 
 def feature_names(schema: dict) -> list[str]:
     return [f["name"] for f in schema["features"]]
 
 
-def features_and_target(frame: pd.DataFrame, schema: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The float32 feature matrix in schema order, and the target encoded for Keras."""
-    x = frame[feature_names(schema)].to_numpy(dtype=np.float32)
-    return x, encode_target(frame[schema["target"]], schema)
+def model_inputs(frame: pd.DataFrame, schema: dict, where: str = "data") -> dict[str, np.ndarray]:
+    """The model's named inputs: float32 (NaN for missing) or text ("" for missing), (n, 1)."""
+    missing = [name for name in feature_names(schema) if name not in frame.columns]
+    if missing:
+        raise DataError(f"{where}: missing feature columns {missing}; the model needs them")
+    inputs = {}
+    for feature in schema["features"]:
+        column = frame[feature["name"]]
+        if feature["kind"] == "numeric":
+            values = to_numeric(column, where)
+        else:
+            values = to_categories(column)
+        inputs[feature["input"]] = values.reshape(-1, 1)
+    return inputs
 
 
 def encode_target(target: pd.Series, schema: dict) -> np.ndarray:
@@ -157,6 +407,15 @@ def encode_target(target: pd.Series, schema: dict) -> np.ndarray:
     if unknown:
         raise DataError(f"target `{schema['target']}` has labels not in the schema: {unknown}")
     return codes
+
+
+def inputs_and_target(frame: pd.DataFrame, schema: dict) -> tuple[dict, np.ndarray]:
+    return model_inputs(frame, schema), encode_target(frame[schema["target"]], schema)
+
+
+def sample_weights(frame: pd.DataFrame, schema: dict) -> np.ndarray | None:
+    name = schema.get("weight_column")
+    return None if name is None else frame[name].to_numpy(dtype=np.float32)
 
 
 def read_splits(prepared_dir: Path, names: tuple[str, ...] = SPLITS) -> dict[str, pd.DataFrame]:

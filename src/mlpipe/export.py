@@ -9,10 +9,11 @@ import subprocess
 from pathlib import Path
 
 import keras
+import pandas as pd
 
 import mlpipe
 from mlpipe.config import Params, params_hash
-from mlpipe.data import feature_names
+from mlpipe.features import feature_summary
 from mlpipe.io import file_sha256
 
 KERAS_FILE = "model.keras"
@@ -45,11 +46,15 @@ def library_versions() -> dict[str, str]:
 
 
 def metadata(schema: dict, params: Params, train_file: Path) -> dict:
+    """What serving needs besides the model (features, how to read files, classes) and where
+    the model came from."""
     return {
-        "features": feature_names(schema),
+        "features": feature_summary(schema, pd.read_parquet(train_file)),
         "target": schema["target"],
         "task": schema["task"],
         "classes": schema["classes"],
+        "id_column": schema.get("id_column"),
+        "csv": params.data.csv.model_dump(),
         "formats": list(params.export.formats),
         "versions": library_versions(),
         "git_commit": git_commit(),

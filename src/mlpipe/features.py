@@ -1,0 +1,163 @@
+"""Preprocessing inside the model: raw named columns in, one dense float matrix out.
+
+Everything learned here (medians, means, standard deviations, vocabularies) comes from the
+training split only, and is stored in the layers, so the exported model takes raw rows.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from keras import ops
+
+from mlpipe.tables import to_categories, to_numeric
+
+PREPROCESS = "preprocess"
+# Rows per call when preprocessing whole splits: large, since it is one cheap pass.
+TRANSFORM_BATCH = 8192
+
+
+@keras.saving.register_keras_serializable(package="mlpipe")
+class ImputeStandardize(keras.layers.Layer):
+    """Missing values (NaN) become the training median; then (x - mean) / std, clipped.
+
+    A feature that is (nearly) constant in training has a tiny standard deviation; an unseen
+    value then standardizes to thousands and swamps the network. Clipping bounds that damage.
+    """
+
+    def __init__(self, median, mean, std, clip=None, **kwargs):
+        super().__init__(**kwargs)
+        self.median = [float(v) for v in median]
+        self.mean = [float(v) for v in mean]
+        self.std = [float(v) for v in std]
+        self.clip = clip
+
+    def call(self, x):
+        x = ops.where(ops.isnan(x), ops.convert_to_tensor(self.median, x.dtype), x)
+        x = (x - ops.convert_to_tensor(self.mean, x.dtype)) / ops.convert_to_tensor(
+            self.std, x.dtype
+        )
+        if self.clip is not None:
+            x = ops.clip(x, -self.clip, self.clip)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "median": self.median,
+            "mean": self.mean,
+            "std": self.std,
+            "clip": self.clip,
+        }
+
+
+def numeric_stats(train: pd.DataFrame, names: list[str]) -> dict[str, list[float]]:
+    """Median, and mean and standard deviation after imputation, per column, in float64."""
+    x = np.column_stack(
+        [to_numeric(train[name], "train split").astype(np.float64) for name in names]
+    )
+    median = np.nanmedian(x, axis=0)
+    median = np.where(np.isnan(median), 0.0, median)  # a column missing in every training row
+    x = np.where(np.isnan(x), median, x)
+    std = x.std(axis=0)
+    # A constant column carries no information: scale it by 1 rather than divide by zero.
+    std = np.where(std > 0, std, 1.0)
+    return {"median": median.tolist(), "mean": x.mean(axis=0).tolist(), "std": std.tolist()}
+
+
+def vocabulary(train: pd.DataFrame, name: str) -> list[str]:
+    """Categories seen in training, most frequent first (ties by text), missing ("") included
+    when it occurs, since missingness itself can carry signal."""
+    counts = pd.Series(to_categories(train[name])).value_counts()
+    return sorted(counts.index, key=lambda v: (-counts[v], v))
+
+
+def input_layer(feature: dict) -> keras.KerasTensor:
+    dtype = "float32" if feature["kind"] == "numeric" else "string"
+    return keras.Input(shape=(1,), dtype=dtype, name=feature["input"])
+
+
+def build_preprocessor(schema: dict, train: pd.DataFrame, clip: float | None) -> keras.Model:
+    """A model from the named raw inputs to one float32 matrix: numeric columns imputed,
+    standardized and clipped, categorical columns one-hot encoded with a bucket for unseen
+    values."""
+    inputs = {f["input"]: input_layer(f) for f in schema["features"]}
+    numeric = [f for f in schema["features"] if f["kind"] == "numeric"]
+    parts = []
+    if numeric:
+        stats = numeric_stats(train, [f["name"] for f in numeric])
+        joined = (
+            keras.layers.Concatenate(name="numeric")([inputs[f["input"]] for f in numeric])
+            if len(numeric) > 1
+            else inputs[numeric[0]["input"]]
+        )
+        parts.append(ImputeStandardize(**stats, clip=clip, name="impute_standardize")(joined))
+    for feature in schema["features"]:
+        if feature["kind"] != "categorical":
+            continue
+        lookup = keras.layers.StringLookup(
+            vocabulary=vocabulary(train, feature["name"]),
+            num_oov_indices=1,
+            output_mode="one_hot",
+            name=f"lookup_{feature['input']}",
+        )
+        parts.append(lookup(inputs[feature["input"]]))
+    features = keras.layers.Concatenate(name="features")(parts) if len(parts) > 1 else parts[0]
+    return keras.Model(inputs, features, name=PREPROCESS)
+
+
+def feature_summary(schema: dict, train: pd.DataFrame) -> list[dict]:
+    """The learned feature schema for metadata.json: kinds, medians, categories seen."""
+    out = []
+    numeric = [f["name"] for f in schema["features"] if f["kind"] == "numeric"]
+    stats = numeric_stats(train, numeric) if numeric else {}
+    for feature in schema["features"]:
+        entry = {k: feature[k] for k in ("name", "input", "kind")}
+        if feature["kind"] == "numeric":
+            i = numeric.index(feature["name"])
+            entry["median"] = stats["median"][i]
+        else:
+            entry["categories"] = vocabulary(train, feature["name"])
+        out.append(entry)
+    return out
+
+
+def dataset(inputs: dict[str, np.ndarray], batch_size: int) -> tf.data.Dataset:
+    """Batches of named inputs; text columns become tf.string, which Keras cannot take from
+    NumPy object arrays directly."""
+    tensors = {
+        name: tf.constant(values.astype(np.str_) if values.dtype == object else values)
+        for name, values in inputs.items()
+    }
+    return tf.data.Dataset.from_tensor_slices(tensors).batch(batch_size)
+
+
+def predict(model: keras.Model, inputs: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
+    return model.predict(dataset(inputs, batch_size), verbose=0)
+
+
+def transform(preprocessor: keras.Model, frame: pd.DataFrame, schema: dict) -> np.ndarray:
+    """The float32 feature matrix the core MLP trains on, computed once per split."""
+    from mlpipe.data import model_inputs  # data imports no TensorFlow; features does
+
+    return predict(preprocessor, model_inputs(frame, schema), TRANSFORM_BATCH).astype(np.float32)
+
+
+def matrices(
+    preprocessor: keras.Model, splits: dict[str, pd.DataFrame], schema: dict
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(features, encoded target) per split, as the core MLP trains and validates on them."""
+    from mlpipe.data import encode_target
+
+    return {
+        name: (
+            transform(preprocessor, frame, schema),
+            encode_target(frame[schema["target"]], schema),
+        )
+        for name, frame in splits.items()
+    }

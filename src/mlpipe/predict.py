@@ -1,0 +1,158 @@
+"""`mlpipe predict`: run an exported model on new rows, chunk by chunk.
+
+Rows are read with the same rules as in training (`tables`), checked against the export's
+feature schema, and written with the predicted label or value, plus one probability column per
+class for classification. Memory stays bounded by the chunk size, whatever the file's length.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mlpipe import MlpipeError
+from mlpipe.config import CsvParams
+from mlpipe.tables import DataError, iter_table, to_categories, to_numeric
+
+log = logging.getLogger("mlpipe.predict")
+
+KERAS_FILE = "model.keras"
+METADATA_FILE = "metadata.json"
+PREDICTION = "prediction"
+
+
+def load(model_path: str | Path):
+    """The model and its metadata, from an export folder or a `.keras` file.
+
+    Beside a bare `.keras` file without metadata.json, the features are read off the model's
+    inputs and classes are reported by index.
+    """
+    from mlpipe import features  # noqa: F401  registers the preprocessing layer
+    from mlpipe.models import load_model
+
+    path = Path(model_path)
+    model_file = path / KERAS_FILE if path.is_dir() else path
+    if path.is_dir() and not model_file.is_file():
+        raise MlpipeError(
+            f"{path}: no {KERAS_FILE} in this folder; pass an export folder (models/export) or "
+            "a .keras file"
+        )
+    model = load_model(model_file)
+    meta_file = model_file.with_name(METADATA_FILE)
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+    else:
+        log.info("no %s beside %s: features taken from the model's inputs", METADATA_FILE, path)
+        meta = metadata_from_model(model)
+    return model, meta
+
+
+def metadata_from_model(model) -> dict:
+    inputs = model.input if isinstance(model.input, dict) else {t.name: t for t in model.inputs}
+    features = [
+        {"name": name, "input": name, "kind": "numeric" if t.dtype == "float32" else "categorical"}
+        for name, t in inputs.items()
+    ]
+    units = model.output.shape[-1]
+    last = model.layers[-1]
+    activation = getattr(getattr(last, "layers", [last])[-1], "activation", None)
+    name = getattr(activation, "__name__", "linear")
+    if name in ("softmax", "sigmoid"):
+        task, classes = "classification", list(range(max(units, 2)))
+    else:
+        task, classes = "regression", None
+    return {"features": features, "task": task, "classes": classes, "id_column": None}
+
+
+def check_columns(columns: list[str], meta: dict, where: str) -> list[str]:
+    """Fail on a missing feature column; return the extra columns, which are ignored."""
+    needed = [f["name"] for f in meta["features"]]
+    missing = [name for name in needed if name not in columns]
+    if missing:
+        raise DataError(
+            f"{where}: missing columns {missing}; the model needs {len(needed)} feature "
+            f"columns: {', '.join(needed)}"
+        )
+    return [c for c in columns if c not in needed and c != meta.get("id_column")]
+
+
+def chunk_inputs(chunk: pd.DataFrame, meta: dict, where: str, first_row: int) -> dict:
+    inputs = {}
+    for feature in meta["features"]:
+        column = chunk[feature["name"]]
+        if feature["kind"] == "numeric":
+            values = to_numeric(column, where, first_row)
+        else:
+            values = to_categories(column)
+        inputs[feature["input"]] = values.reshape(-1, 1)
+    return inputs
+
+
+def output_frame(raw: np.ndarray, meta: dict, ids: pd.Series | None) -> pd.DataFrame:
+    """The prediction column, and for classification one `proba_<class>` column per class."""
+    from mlpipe.metrics import class_probabilities
+
+    out = pd.DataFrame(index=range(len(raw)))
+    if ids is not None:
+        out[ids.name] = ids.to_numpy()
+    if meta["task"] == "regression":
+        out[PREDICTION] = np.asarray(raw, dtype=np.float64).reshape(-1)
+        return out
+    classes = meta["classes"]
+    proba = class_probabilities(raw, len(classes))
+    out[PREDICTION] = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
+    for i, label in enumerate(classes):
+        out[f"proba_{label}"] = proba[:, i]
+    return out
+
+
+def predict_file(
+    model,
+    meta: dict,
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    batch_size: int = 1024,
+    chunk_rows: int = 100_000,
+) -> int:
+    """Predict every row of `input_path` into `output_path` (CSV); return the number of rows.
+
+    The output appears only when every row succeeded, so a failure never leaves half a file.
+    """
+    from mlpipe.features import predict
+
+    csv_params = CsvParams(**meta["csv"]) if meta.get("csv") else CsvParams()
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        dir=output_path.parent, prefix=f".{output_path.name}.", suffix=".tmp"
+    )
+    rows = 0
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            for chunk in iter_table(input_path, csv_params, chunk_rows):
+                if rows == 0:
+                    extra = check_columns(list(chunk.columns), meta, str(input_path))
+                    if extra:
+                        log.info("ignoring columns the model does not use: %s", extra)
+                inputs = chunk_inputs(chunk, meta, str(input_path), rows + 1)
+                raw = predict(model, inputs, batch_size)
+                id_column = meta.get("id_column")
+                ids = chunk[id_column] if id_column and id_column in chunk else None
+                output_frame(raw, meta, ids).to_csv(
+                    handle, header=rows == 0, index=False, float_format="%.7g"
+                )
+                rows += len(chunk)
+        if rows == 0:
+            raise DataError(f"{input_path}: no data rows to predict")
+        os.replace(tmp, output_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return rows
