@@ -33,7 +33,7 @@ def main(repo: Path) -> None:
         raw = features.predict(best, inputs, params.evaluate.batch_size)
         print(metrics.score(schema, y_test, raw))
         (out / "export").mkdir()
-        export.write_formats(out / "model.keras", best, params.export.formats, out / "export")
+        export.write_formats(out / "model.keras", best, params.export, out / "export")
 
 
 if __name__ == "__main__":

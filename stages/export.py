@@ -1,8 +1,12 @@
-"""Export: the trained model as `.keras` and TensorFlow SavedModel, with provenance metadata.
+"""Export: the trained model as `.keras` and TensorFlow SavedModel (and, on request, ONNX and
+legacy HDF5), with the metadata serving needs and provenance. Every format takes raw rows.
 
-Reads:  <model> (.keras), <prepared>/schema.json, <prepared>/train.parquet (hashed).
-Writes: <out>/model.keras, <out>/saved_model/, <out>/metadata.json (features, classes,
-        library versions, git commit, params and training-data hashes).
+Reads:  <model> (.keras), <prepared>/schema.json, <prepared>/train.parquet (hashed, and the
+        source of the recorded medians and categories), <prepared>/test.parquet (a sample to
+        check the ONNX file on).
+Writes: <out>/model.keras, <out>/saved_model/, <out>/model.onnx, <out>/model.h5,
+        <out>/metadata.json (feature schema, classes, how to read files, library versions,
+        git commit, params and training-data hashes).
 Params: seed, data, model, train (hashed into the metadata), export.
 """
 
@@ -29,11 +33,13 @@ def main() -> None:
     schema = data.read_schema(args.prepared)
     model = models.load_model(args.model)
     info = export.metadata(schema, params, args.prepared / "train.parquet")
+    test = data.read_splits(args.prepared, ("test",))["test"]
+    sample = data.model_inputs(test.head(256), schema)  # to check converted formats on
 
     with io.atomic_dir(args.out) as tmp:
-        export.write_formats(args.model, model, params.export.formats, tmp)
+        export.write_formats(args.model, model, params.export, tmp, sample)
         io.write_json(tmp / export.METADATA_FILE, info)
-    log.info("exported %s to %s", ", ".join(params.export.formats), args.out)
+    log.info("exported %s to %s", ", ".join(info["formats"]), args.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 import hashlib
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,23 +12,24 @@ from mlpipe import data, export, features, io, models
 
 @pytest.fixture
 def exported(prepared_dir, tmp_path):
-    params = tiny_params()
+    params = tiny_params(export={"onnx": True, "h5": True})
     schema = data.read_schema(prepared_dir)
     train = data.read_splits(prepared_dir)["train"]
+    inputs = data.model_inputs(train.head(64), schema)
     model = models.build_model(params.model, schema, train)
     model_file = tmp_path / "model.keras"
     models.save_model(model, model_file)
     out = tmp_path / "export"
     with io.atomic_dir(out) as tmp:
-        export.write_formats(model_file, model, params.export.formats, tmp)
+        export.write_formats(model_file, model, params.export, tmp, inputs)
         io.write_json(
             tmp / export.METADATA_FILE,
             export.metadata(schema, params, prepared_dir / "train.parquet"),
         )
-    return model, out, schema, data.model_inputs(train.head(64), schema)
+    return model, out, schema, inputs
 
 
-def test_both_formats_predict_like_the_model_in_memory(exported):
+def test_every_format_predicts_like_the_model_in_memory(exported):
     model, out, _, inputs = exported
     expected = features.predict(model, inputs, 32)
     reloaded = models.load_model(out / export.KERAS_FILE)
@@ -38,6 +40,17 @@ def test_both_formats_predict_like_the_model_in_memory(exported):
     # The serving signature takes the raw columns by name.
     got = served.serve({name: tf.constant(values) for name, values in inputs.items()})
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+    onnx = export.onnx_predict(out / export.ONNX_FILE, inputs)
+    np.testing.assert_allclose(onnx, expected, rtol=1e-4, atol=1e-5)
+    h5 = keras.saving.load_model(out / export.H5_FILE)
+    np.testing.assert_allclose(features.predict(h5, inputs, 32), expected, rtol=1e-5, atol=1e-6)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "metadata.json",
+        "model.h5",
+        "model.keras",
+        "model.onnx",
+        "saved_model",
+    ]
 
 
 def test_metadata_records_provenance(exported, prepared_dir):
@@ -62,7 +75,7 @@ def test_formats_param_limits_what_is_written(prepared_dir, tmp_path):
     model = models.build_model(params.model, schema, data.read_splits(prepared_dir)["train"])
     models.save_model(model, tmp_path / "m.keras")
     (tmp_path / "out").mkdir()
-    export.write_formats(tmp_path / "m.keras", model, params.export.formats, tmp_path / "out")
+    export.write_formats(tmp_path / "m.keras", model, params.export, tmp_path / "out")
     assert [p.name for p in (tmp_path / "out").iterdir()] == [export.KERAS_FILE]
 
 

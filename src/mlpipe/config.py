@@ -285,6 +285,8 @@ class EvaluateParams(Section):
 
 class ExportParams(Section):
     formats: list[Literal["keras", "saved_model"]] = Field(["keras", "saved_model"], min_length=1)
+    onnx: bool = Field(False, description="Also write model.onnx, checked in onnxruntime.")
+    h5: bool = Field(False, description="Also write the legacy HDF5 file older tools want.")
 
 
 class Params(Section):

@@ -136,11 +136,15 @@ def predict_file(
     rows = 0
     try:
         with os.fdopen(fd, "w", newline="") as handle:
+            checked = False
             for chunk in iter_table(input_path, csv_params, chunk_rows):
-                if rows == 0:
+                if not checked:
                     extra = check_columns(list(chunk.columns), meta, str(input_path))
                     if extra:
                         log.info("ignoring columns the model does not use: %s", extra)
+                    checked = True
+                if chunk.empty:
+                    continue
                 inputs = chunk_inputs(chunk, meta, str(input_path), rows + 1)
                 raw = predict(model, inputs, batch_size)
                 id_column = meta.get("id_column")
