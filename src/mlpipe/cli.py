@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, help="export folder or .keras file")
     predict.add_argument("--input", required=True, help="CSV or Parquet file of rows")
     predict.add_argument("--output", required=True, help="CSV file to write")
-    predict.add_argument("--batch-size", type=int, default=1024, help="rows per model call")
+    predict.add_argument("--batch-size", type=int, default=8192, help="rows per model call")
     predict.add_argument(
         "--chunk-rows", type=int, default=100_000, help="rows read at a time (bounds memory)"
     )

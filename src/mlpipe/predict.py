@@ -118,7 +118,7 @@ def predict_file(
     input_path: str | Path,
     output_path: str | Path,
     *,
-    batch_size: int = 1024,
+    batch_size: int = 8192,
     chunk_rows: int = 100_000,
 ) -> int:
     """Predict every row of `input_path` into `output_path` (CSV); return the number of rows.

@@ -12,7 +12,9 @@ from mlpipe import MlpipeError
 def run(main: Callable[[], None]) -> None:
     """Run a stage's main(); a user error exits 2 with its message instead of a traceback."""
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     try:
         main()

@@ -61,13 +61,13 @@ def iter_table(path: str | Path, csv_params: CsvParams, chunk_rows: int) -> Iter
 
 def clean_cells(frame: pd.DataFrame, na_values: list[str]) -> pd.DataFrame:
     """Trim text cells and turn the missing-value markers into missing values."""
-    markers = set(na_values)
+    markers = list(na_values)
     out = {}
     for name in frame.columns:
         column = frame[name]
         if is_text(column):
-            text = column.astype(object).map(lambda v: v.strip() if isinstance(v, str) else v)
-            column = text.where(~text.isin(markers) & text.notna(), None)
+            text = column.astype("str").str.strip()
+            column = text.mask(text.isin(markers))
         out[name] = column
     return pd.DataFrame(out, index=frame.index)
 
@@ -92,10 +92,10 @@ def infer_column(column: pd.Series) -> pd.Series:
     numbers = pd.to_numeric(present, errors="coerce")
     if numbers.notna().all():
         return pd.to_numeric(column)
-    words = present.map(lambda v: str(v).lower())
+    words = present.str.lower()
     if words.isin(TRUE_WORDS | FALSE_WORDS).all() and len(present) == len(column):
-        return words.isin(TRUE_WORDS).reindex(column.index)
-    return column.astype(object).map(lambda v: None if _missing(v) else str(v))
+        return words.isin(TRUE_WORDS)
+    return column.astype("str")
 
 
 def to_numeric(column: pd.Series, where: str, first_row: int = 1) -> np.ndarray:
@@ -105,12 +105,13 @@ def to_numeric(column: pd.Series, where: str, first_row: int = 1) -> np.ndarray:
         return column.to_numpy(dtype=np.float32)
     if pd.api.types.is_numeric_dtype(column):
         return column.to_numpy(dtype=np.float32, na_value=np.nan)
-    column = column.astype(object)
-    words = column.map(lambda v: v.lower() if isinstance(v, str) else v)
-    numbers = pd.to_numeric(
-        column.where(~words.isin(TRUE_WORDS | FALSE_WORDS), words.isin(TRUE_WORDS).astype(float)),
-        errors="coerce",
-    )
+    column = column.astype("str")
+    numbers = pd.to_numeric(column, errors="coerce")
+    failed = numbers.isna() & column.notna()
+    if failed.any():  # true/false words, else junk
+        words = column[failed].str.lower()
+        numbers.loc[words[words.isin(TRUE_WORDS)].index] = 1.0
+        numbers.loc[words[words.isin(FALSE_WORDS)].index] = 0.0
     junk = numbers.isna() & column.notna()
     if junk.any():
         position = int(np.flatnonzero(junk.to_numpy())[0])
@@ -125,17 +126,17 @@ def to_numeric(column: pd.Series, where: str, first_row: int = 1) -> np.ndarray:
 def to_categories(column: pd.Series) -> np.ndarray:
     """Category values as text, the same whatever type a file gave them: 3, 3.0 and "3" are all
     "3"; missing values are ""."""
-
-    def text(value) -> str:
-        if _missing(value):
-            return ""
-        if isinstance(value, bool | np.bool_):
-            return str(bool(value))
-        if isinstance(value, float | np.floating) and float(value).is_integer():
-            return str(int(value))
-        return str(value).strip()
-
-    return np.array([text(v) for v in column.astype(object)], dtype=object)
+    if pd.api.types.is_bool_dtype(column):
+        return np.where(column.to_numpy(dtype=bool), "True", "False").astype(object)
+    if pd.api.types.is_numeric_dtype(column):
+        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        whole = np.isfinite(values) & (values == np.round(values))
+        text = np.where(
+            whole, np.nan_to_num(values).astype(np.int64).astype(str), values.astype(str)
+        )
+        return np.where(np.isnan(values), "", text).astype(object)
+    text = column.astype("str").str.strip().fillna("")
+    return text.to_numpy(dtype=object)
 
 
 def _missing(value) -> bool:
