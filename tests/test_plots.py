@@ -1,8 +1,12 @@
-"""The evaluation plots: their data and their PNGs."""
+"""The evaluation plots: their data, their PNGs, and the page `dvc plots show` makes of them."""
 
 from __future__ import annotations
 
 import io
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +139,112 @@ def test_dvc_yaml_declares_only_files_every_task_writes():
         "train/overfit_ratio.tsv",
         "eval",
     }
+
+
+# The page of `dvc plots show`, in a real browser
+
+TRAINING_CHARTS = 3  # loss (train and eval together), learning rate, overfit ratio
+
+
+def plots_repo(tmp_path: Path, schema: dict) -> Path:
+    """A repo with this checkout's dvc.yaml, DVC config and page template, and plot files of
+    the task laid out as the pipeline writes them."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
+    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copytree(ROOT / "vendor", repo / "vendor")
+    # What Keras logs per epoch for each task
+    metrics = (
+        ("loss", "accuracy") if schema["task"] == "classification" else ("loss", "rmse", "mae")
+    )
+    write_dvclive(repo / "plots" / "training", metrics)
+    y, raw, _ = task_data(schema)
+    (repo / "plots" / "evaluate").mkdir()
+    for name, content in plots.evaluation_files(schema, y, raw).items():
+        (repo / "plots" / "evaluate" / name).write_bytes(content)
+    return repo
+
+
+# Collects what the page logs as errors into the DOM, where --dump-dom shows it.
+CONSOLE_CAPTURE = """<script>
+(function () {
+    function keep(text) {
+        var pre = document.getElementById("captured-errors");
+        if (!pre) {
+            pre = document.createElement("pre");
+            pre.id = "captured-errors";
+            document.documentElement.appendChild(pre);
+        }
+        pre.textContent += text + "\\n";
+    }
+    var error = console.error;
+    console.error = function () {
+        keep(Array.prototype.join.call(arguments, " "));
+        error.apply(console, arguments);
+    };
+    window.addEventListener("error", function (e) { keep("uncaught: " + e.message); });
+    window.addEventListener("unhandledrejection", function (e) { keep("rejected: " + e.reason); });
+})();
+</script>"""
+
+
+def render(page: Path) -> str:
+    """The DOM of `page` after headless Chromium has run its scripts."""
+    html = page.read_text()
+    page.write_text(html.replace("<head>", "<head>\n" + CONSOLE_CAPTURE, 1))
+    result = subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None,
+    reason="Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it",
+)
+@pytest.mark.parametrize(
+    ("schema", "task_charts"),
+    [
+        # eval loss and accuracy; confusion (counts, normalized), ROC, precision-recall, calibration
+        (CLASSIFICATION, 2 + 5),
+        # eval loss, rmse and mae; predicted vs actual, residuals
+        (REGRESSION, 3 + 2),
+    ],
+    ids=["classification", "regression"],
+)
+def test_dvc_plots_show_renders_every_chart_in_chromium(tmp_path, schema, task_charts):
+    repo = plots_repo(tmp_path, schema)
+    shown = subprocess.run(
+        [sys.executable, "-m", "dvc", "plots", "show", "-o", "out"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "failed to load" not in shown.stdout + shown.stderr  # no declared file is missing
+    page = repo / "out" / "index.html"
+    assert "cdn.jsdelivr.net" not in page.read_text()  # Vega comes inlined, not from a CDN
+
+    dom = render(page)
+    errors = re.search(r'<pre id="captured-errors">(.*?)</pre>', dom, re.S)
+    assert errors is None, errors.group(1)
+    charts = re.findall(r'<div id="[^"]*" class="vega-embed[^"]*">', dom)
+    drawn = re.findall(r'<canvas width="(\d+)" height="(\d+)" class="marks"', dom)
+    expected = TRAINING_CHARTS + task_charts
+    assert len(charts) == expected
+    assert len(drawn) == expected and all(int(w) > 100 and int(h) > 100 for w, h in drawn)
