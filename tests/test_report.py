@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import stage_env
+from conftest import ROOT, stage_env
 from mlpipe import report
 
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
@@ -123,3 +123,9 @@ def test_results_need_both_markers():
         report.replace_results("# readme\n", "table")
     readme = f"a\n{report.RESULTS_START}\nold\n{report.RESULTS_END}\nb\n"
     assert report.replace_results(readme, "new") == readme.replace("old", "new")
+
+
+def test_readme_results_match_the_metrics_in_git():
+    readme = (ROOT / "README.md").read_text()
+    expected = report.replace_results(readme, report.readme_results(ROOT / "metrics"))
+    assert readme == expected, "README.md's results are stale: run `make readme-results`"
