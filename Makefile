@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+BASE ?= main
 # Stage commands in dvc.yaml call `python`; this makes it the project's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
@@ -12,14 +13,21 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
-.PHONY: help venv repro test lint format dag bench clean
+.PHONY: help venv repro report readme-results test lint format dag bench clean
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 venv: $(VENV)/.installed ## create .venv with the pinned dependencies
 
-repro: venv ## run the pipeline (dvc repro); only changed stages run
+repro: venv ## run the pipeline (dvc repro; only changed stages run), then readme-results
 	$(BIN)/dvc repro
+	$(BIN)/mlpipe readme-results
+
+report: venv ## report.md: params, metrics and plots changed against BASE (default main)
+	$(BIN)/mlpipe report --base $(BASE) --out report.md
+
+readme-results: venv ## rewrite the README's results section from metrics/
+	$(BIN)/mlpipe readme-results
 
 test: venv lint ## lint, then run the test suite
 	$(BIN)/python -m pytest

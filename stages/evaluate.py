@@ -1,47 +1,71 @@
-"""Evaluate: score the trained model on the test split.
+"""Evaluate: score the trained model and the baselines, draw the plots, apply the quality gate.
 
-Reads:  <prepared>/test.parquet, <prepared>/schema.json, <model> (.keras).
-Writes: <metrics> (test metrics at the top level) and <predictions> (actual and predicted
-        label or value per test row: the data of DVC's confusion-matrix plot).
-Params: evaluate.
+Reads:  <prepared>/{train,valid,test}.parquet and schema.json, <model> (.keras), and the DVCLive
+        curves of training under --training.
+Writes: <metrics> (test metrics at the top level, the validation split's under `valid`, the
+        scikit-learn baselines' under `baseline`) and <plots>/ (CSV data of the DVC plots of
+        the test split, and PNG versions of the charts that apply to the task).
+Params: evaluate. The gate (evaluate.thresholds) is checked after the metrics are written.
 """
 
 import argparse
 import logging
 from pathlib import Path
 
-from mlpipe import data, io, metrics, stage
+from mlpipe import baselines, data, io, metrics, plots, stage
 from mlpipe.config import load_params
 
 log = logging.getLogger("mlpipe.evaluate")
+SPLITS = ("valid", "test")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("prepared", type=Path, help="folder written by the prepare stage")
     parser.add_argument("model", type=Path, help="trained .keras model")
-    parser.add_argument("metrics", type=Path, help="where to write the test metrics JSON")
-    parser.add_argument("predictions", type=Path, help="where to write per-row predictions CSV")
+    parser.add_argument("metrics", type=Path, help="where to write the metrics JSON")
+    parser.add_argument("plots", type=Path, help="folder to write plot data and PNGs into")
+    parser.add_argument("--training", type=Path, help="DVCLive folder of the train stage")
     args = parser.parse_args()
     params = load_params()
 
+    # Data: a threshold naming no metric of this task fails before any work
+    schema = data.read_schema(args.prepared)
+    metrics.check_threshold_names(params.evaluate.thresholds, schema["task"])
+    splits = data.read_splits(args.prepared)
+
     from mlpipe import features, models
 
-    # Data and model
-    schema = data.read_schema(args.prepared)
-    test = data.read_splits(args.prepared, ("test",))["test"]
-    inputs, y_test = data.inputs_and_target(test, schema)
+    # Predict: raw columns in, as in serving
     model = models.load_model(args.model)
+    y, raw = {}, {}
+    for name in SPLITS:
+        inputs, y[name] = data.inputs_and_target(splits[name], schema)
+        raw[name] = features.predict(model, inputs, params.evaluate.batch_size)
 
-    # Score: raw columns in, as in serving
-    raw = features.predict(model, inputs, params.evaluate.batch_size)
-    scores = metrics.score(schema, y_test, raw)
-    log.info("test: %s", " ".join(f"{k}={v}" for k, v in scores.items()))
+    # Score the model, then the baselines on the same splits
+    scores = metrics.by_split({name: metrics.score(schema, y[name], raw[name]) for name in SPLITS})
+    log.info("test: %s", " ".join(f"{k}={scores[k]}" for k in metrics.metric_names(schema["task"])))
+    if params.evaluate.baselines:
+        columns = data.feature_names(schema)
+        results = baselines.score_baselines(
+            splits["train"][columns],
+            data.encode_target(splits["train"][schema["target"]], schema),
+            {name: splits[name][columns] for name in SPLITS},
+            y,
+            schema["task"],
+            len(schema["classes"] or []),
+        )
+        scores["baseline"] = {name: metrics.by_split(s) for name, s in results.items()}
 
-    # Write
-    rows = metrics.prediction_rows(schema, y_test, raw)
-    io.write_text(args.predictions, rows.to_csv(index=False))
+    # Write, then gate
+    training = plots.read_training_curves(args.training) if args.training else None
+    files = plots.evaluation_files(schema, y["test"], raw["test"], training)
+    with io.atomic_dir(args.plots) as folder:
+        for name, content in files.items():
+            (folder / name).write_bytes(content)
     io.write_json(args.metrics, scores)
+    metrics.check_gate(scores, params.evaluate.thresholds, str(args.metrics))
 
 
 if __name__ == "__main__":

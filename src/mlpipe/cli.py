@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -44,6 +45,27 @@ def _predict(args: argparse.Namespace) -> None:
     print(f"{args.output}: {rows} predictions")
 
 
+def _report(args: argparse.Namespace) -> None:
+    from mlpipe import report
+
+    report.write_report(args.base, args.out)
+    print(f"{args.out}: params, metrics and plots changed against {args.base}")
+
+
+def _readme_results(args: argparse.Namespace) -> None:
+    from mlpipe import report
+
+    if report.update_readme(args.readme, args.metrics, check=args.check):
+        print(f"{args.readme}: results {'match' if args.check else 'written from'} {args.metrics}/")
+        return
+    print(
+        f"error: {args.readme}: the results section does not match {args.metrics}/; "
+        "run `make readme-results`",
+        file=sys.stderr,
+    )
+    sys.exit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlpipe", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mlpipe {__version__}")
@@ -73,6 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--chunk-rows", type=int, default=100_000, help="rows read at a time (bounds memory)"
     )
+    sub = commands.add_parser(
+        "report", help="write a Markdown report of what the working tree changed against a ref"
+    )
+    sub.add_argument("--base", default="main", help="git ref to compare with (default: main)")
+    sub.add_argument("--out", type=Path, default=Path("report.md"), help="Markdown file")
+    sub.set_defaults(func=_report)
+
+    sub = commands.add_parser(
+        "readme-results", help="rewrite the README's results section from the metrics files"
+    )
+    sub.add_argument("--readme", type=Path, default=Path("README.md"))
+    sub.add_argument("--metrics", type=Path, default=Path("metrics"), help="metrics folder")
+    sub.add_argument("--check", action="store_true", help="exit 1 if the section is stale")
+    sub.set_defaults(func=_readme_results)
     return parser
 
 

@@ -279,8 +279,20 @@ class TrainParams(Section):
         return self
 
 
+MetricName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+
+
 class EvaluateParams(Section):
     batch_size: int = Field(256, gt=0)
+    baselines: bool = Field(
+        True, description="Also fit and score scikit-learn baselines on the same splits."
+    )
+    # The names depend on the task, which only the prepared data knows: the evaluate stage checks
+    # them against its task before it scores anything.
+    thresholds: dict[MetricName, Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        {},
+        description="Quality gate on the test split: metric name to floor (ceiling for errors).",
+    )
 
 
 class ExportParams(Section):
