@@ -48,9 +48,10 @@ def main() -> None:
     runtime.seed_everything(params.seed)
     preprocessor, model = models.split_model(models.load_model(args.untrained))
     xy = features.matrices(preprocessor, splits, schema)
+    del splits  # the feature tensors are all training needs from here: free the tables
     training.check_weighting(params.train, schema, model)
     class_weight = training.class_weights(params.train, schema, xy["train"][1])
-    steps_per_epoch = training.steps(len(xy["train"][0]), params.train.batch_size)
+    steps_per_epoch = training.steps(len(xy["train"][1]), params.train.batch_size)
     training.compile_model(model, params.train, schema, steps_per_epoch)
 
     # Train. The checkpoint and the backup live beside the outputs, where DVC does not delete
@@ -62,7 +63,7 @@ def main() -> None:
         dvclive=args.dvclive,
         backup=args.model.with_name(f".{args.model.stem}.backup"),
     )
-    inputs = [args.untrained] + [args.prepared / f"{name}.parquet" for name in splits]
+    inputs = [args.untrained] + [args.prepared / f"{name}.parquet" for name in xy]
     fingerprint = training.fingerprint(params, inputs)
     try:
         summary = training.fit(

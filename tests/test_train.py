@@ -17,7 +17,7 @@ def fit_tiny(digits, tmp_path, **train):
     built = models.build_model(params.model, schema, splits["train"])
     preprocessor, model = models.split_model(built)
     xy = features.matrices(preprocessor, splits, schema)
-    steps = training.steps(len(xy["train"][0]), params.train.batch_size)
+    steps = training.steps(len(xy["train"][1]), params.train.batch_size)
     training.compile_model(model, params.train, schema, steps)
     dirs = training.RunDirs(
         tmp_path / "best.keras", tmp_path / "tb", tmp_path / "live", tmp_path / "backup"

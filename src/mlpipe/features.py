@@ -57,17 +57,20 @@ class ImputeStandardize(keras.layers.Layer):
 
 
 def numeric_stats(train: pd.DataFrame, names: list[str]) -> dict[str, list[float]]:
-    """Median, and mean and standard deviation after imputation, per column, in float64."""
-    x = np.column_stack(
-        [to_numeric(train[name], "train split").astype(np.float64) for name in names]
-    )
-    median = np.nanmedian(x, axis=0)
-    median = np.where(np.isnan(median), 0.0, median)  # a column missing in every training row
-    x = np.where(np.isnan(x), median, x)
-    std = x.std(axis=0)
-    # A constant column carries no information: scale it by 1 rather than divide by zero.
-    std = np.where(std > 0, std, 1.0)
-    return {"median": median.tolist(), "mean": x.mean(axis=0).tolist(), "std": std.tolist()}
+    """Median, and mean and standard deviation after imputation, per column in float64 (one
+    column at a time: never a float64 copy of the whole table)."""
+    stats: dict[str, list[float]] = {"median": [], "mean": [], "std": []}
+    for name in names:
+        x = to_numeric(train[name], "train split").astype(np.float64)
+        present = x[~np.isnan(x)]
+        median = float(np.median(present)) if len(present) else 0.0  # missing in every row
+        x[np.isnan(x)] = median
+        std = float(x.std())
+        stats["median"].append(median)
+        stats["mean"].append(float(x.mean()))
+        # A constant column carries no information: scale it by 1 rather than divide by zero.
+        stats["std"].append(std if std > 0 else 1.0)
+    return stats
 
 
 def vocabulary(train: pd.DataFrame, name: str) -> list[str]:
@@ -127,30 +130,45 @@ def feature_summary(schema: dict, train: pd.DataFrame) -> list[dict]:
     return out
 
 
-def dataset(inputs: dict[str, np.ndarray], batch_size: int) -> tf.data.Dataset:
-    """Batches of named inputs; text columns become tf.string, which Keras cannot take from
+def tensors(inputs: dict[str, np.ndarray]) -> dict[str, tf.Tensor]:
+    """Named inputs as tensors; text columns become tf.string, which Keras cannot take from
     NumPy object arrays directly."""
-    tensors = {
+    return {
         name: tf.constant(values.astype(np.str_) if values.dtype == object else values)
         for name, values in inputs.items()
     }
-    return tf.data.Dataset.from_tensor_slices(tensors).batch(batch_size)
+
+
+def dataset(inputs: dict[str, np.ndarray], batch_size: int) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices(tensors(inputs)).batch(batch_size)
 
 
 def predict(model: keras.Model, inputs: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
     return model.predict(dataset(inputs, batch_size), verbose=0)
 
 
-def transform(preprocessor: keras.Model, frame: pd.DataFrame, schema: dict) -> np.ndarray:
-    """The float32 feature matrix the core MLP trains on, computed once per split."""
+def transform(preprocessor: keras.Model, frame: pd.DataFrame, schema: dict) -> tf.Variable:
+    """The float32 feature matrix the core MLP trains on, computed once per split.
+
+    Chunk by chunk, into a variable that owns the only copy: tf.data captures a variable by
+    reference, where it would copy a tensor into its graph, and reading rows of a variable whose
+    buffer nothing else shares copies nothing. No float64 or per-column copy of the whole table
+    is made either. Peak memory is about twice the feature matrix, while the chunks are joined.
+    """
     from mlpipe.data import model_inputs  # data imports no TensorFlow; features does
 
-    return predict(preprocessor, model_inputs(frame, schema), TRANSFORM_BATCH).astype(np.float32)
+    parts = []
+    for start in range(0, max(len(frame), 1), TRANSFORM_BATCH):
+        chunk = model_inputs(frame.iloc[start : start + TRANSFORM_BATCH], schema)
+        parts.append(preprocessor(tensors(chunk), training=False))
+    joined = tf.concat(parts, axis=0)
+    del parts
+    return tf.Variable(joined, trainable=False)
 
 
 def matrices(
     preprocessor: keras.Model, splits: dict[str, pd.DataFrame], schema: dict
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+) -> dict[str, tuple[tf.Variable, np.ndarray]]:
     """(features, encoded target) per split, as the core MLP trains and validates on them."""
     from mlpipe.data import encode_target
 

@@ -201,7 +201,11 @@ class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
 
 
 def epoch_batches(
-    arrays: tuple[np.ndarray, ...], batch_size: int, seed: int, first_epoch: int, epochs: int
+    arrays: tuple[np.ndarray | tf.Tensor, ...],
+    batch_size: int,
+    seed: int,
+    first_epoch: int,
+    epochs: int,
 ) -> tf.data.Dataset:
     """Batches for epochs first_epoch..epochs-1, each epoch shuffled by (seed, epoch) alone.
 
@@ -209,8 +213,12 @@ def epoch_batches(
     other batches than an uninterrupted one. Seeding each epoch's shuffle by its number makes
     the batches of epoch k the same however the run got there.
     """
-    columns = tuple(tf.constant(a) for a in arrays)
-    n_rows = len(arrays[0])
+    # tf.data would embed a captured tensor in its graph: another copy of the table. A variable
+    # is captured by reference (features.transform already returns one).
+    columns = tuple(
+        a if isinstance(a, tf.Variable) else tf.Variable(a, trainable=False) for a in arrays
+    )
+    n_rows = int(arrays[0].shape[0])
 
     def one_epoch(epoch):
         key = tf.stack([tf.constant(seed, tf.int64), epoch])
@@ -246,7 +254,7 @@ def fit(
     metrics/train.json.
     """
     x_train, y_train = data["train"]
-    steps_per_epoch = steps(len(x_train), train.batch_size)
+    steps_per_epoch = steps(int(x_train.shape[0]), train.batch_size)
     early_stopping = keras.callbacks.EarlyStopping(
         monitor=train.monitor,
         patience=train.early_stopping.patience,
