@@ -18,7 +18,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from mlpipe import data, io, lr_find, stage
+from mlpipe import io, lr_find, stage
 from mlpipe.config import learning_rate_record, load_params
 
 log = logging.getLogger("mlpipe.lr_find")
@@ -46,7 +46,7 @@ def main() -> None:
         result, summary = None, {"learning_rate": optimizer.learning_rate, "range_test": False}
         png = lr_find.curve_png(None, summary, note)
     else:
-        from mlpipe import models, runtime, training
+        from mlpipe import data, models, runtime, training
 
         # Data: the training split, as train sees it
         schema = data.read_schema(args.prepared)
