@@ -16,6 +16,7 @@ import math
 import re
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -381,7 +382,8 @@ class Sweep:
         ]
 
     def dvc(self, *args: str, capture: bool = True) -> subprocess.CompletedProcess:
-        result = self.run(["dvc", *args], capture_output=capture, text=True)
+        output = {"capture_output": True} if capture else {"stdout": sys.stderr}
+        result = self.run(["dvc", *args], text=True, **output)
         if result.returncode != 0:
             output = (result.stderr or "") + (result.stdout or "")
             raise SweepError(f"`dvc {' '.join(args)}` failed:\n{output.strip()}")
@@ -410,6 +412,7 @@ class Sweep:
         for command in self.commands():
             print(" ".join(command), file=sys.stderr)
             self.dvc(*command[1:])
+        # DVC follows each experiment's log on stdout; stdout is kept for the leaderboard.
         self.dvc("exp", "run", "--run-all", "-j", str(jobs), capture=False)
 
     def leaderboard(self) -> Leaderboard:
@@ -417,14 +420,14 @@ class Sweep:
 
     def report(self, board: Leaderboard, baseline: str) -> str:
         """The results file: what ran, the table, and how to apply the best."""
-        lines = [
-            f"Sweep `{self.spec_path.as_posix()}`: {len(self.trials)} experiments on commit "
-            f"`{baseline}`, ranked on the validation value training monitored. Regenerate with "
-            f"`make sweep SPEC={self.spec_path.as_posix()}`.",
-            "",
-        ]
+        spec = self.spec_path.as_posix()
+        summary = (
+            f"Sweep `{spec}`: {len(self.trials)} experiments on commit `{baseline}`, ranked on "
+            f"the validation value training monitored. Regenerate with `make sweep SPEC={spec}`."
+        )
+        lines = [textwrap.fill(summary, 100), ""]
         if self.spec.description:
-            lines[0:0] = [self.spec.description.strip(), ""]
+            lines[0:0] = [textwrap.fill(self.spec.description.strip(), 100), ""]
         lines.append(board.markdown())
         if board.best:
             lines.append(f"Best: `{board.best}`; `dvc exp apply {board.best}` applies it.\n")
