@@ -129,6 +129,10 @@ def test_backup_of_another_configuration_is_not_resumed(tmp_path, module_prepare
     params = json.loads((folder / "params.yaml").read_text())
     params["train"]["optimizer"]["learning_rate"] = 0.002
     (folder / "params.yaml").write_text(json.dumps(params))
+    # as the lr_find stage would record the new rate
+    (folder / "learning_rate.json").write_text(
+        json.dumps({"learning_rate": 0.002, "source": "params"})
+    )
     result = train(folder, module_prepared)
     assert result.returncode == 0, result.stderr
     assert "discarding a backup of a different configuration" in result.stderr
