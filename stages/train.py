@@ -5,7 +5,8 @@ into a feature matrix once, and only the MLP behind it is trained.
 
 A loss that becomes NaN or infinite fails the stage (exit 2) and saves no model.
 
-Reads:  <prepared>/{train,valid}.parquet, <prepared>/schema.json, <untrained> (.keras).
+Reads:  <prepared>/{train,valid}.parquet, <prepared>/schema.json, <untrained> (.keras),
+        <learning rate> (the lr_find stage's record: the suggestion under `auto`, else a check).
 Writes: <model> (the best epoch's .keras), <metrics> (epochs run, best epoch, best validation
         value, seconds), per-epoch curves under <dvclive>, TensorBoard logs under
         <tensorboard>/<experiment name or "workspace">. While it runs, a backup beside <model>
@@ -20,7 +21,7 @@ import shutil
 from pathlib import Path
 
 from mlpipe import data, io, stage
-from mlpipe.config import load_params
+from mlpipe.config import load_params, resolve_learning_rate
 
 log = logging.getLogger("mlpipe.train")
 
@@ -33,8 +34,12 @@ def main() -> None:
     parser.add_argument("metrics", type=Path, help="where to write the training summary JSON")
     parser.add_argument("--dvclive", type=Path, required=True, help="DVCLive folder")
     parser.add_argument("--tensorboard", type=Path, required=True, help="TensorBoard root")
+    parser.add_argument(
+        "--learning-rate", type=Path, required=True, help="the lr_find stage's record"
+    )
     args = parser.parse_args()
-    params = load_params()
+    # From here on the rate is a number, `auto` or not; the resume fingerprint hashes it too.
+    params = resolve_learning_rate(load_params(), args.learning_rate)
 
     from mlpipe import callbacks, features, models, runtime, training
 

@@ -19,7 +19,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from mlpipe import MlpipeError, io
 from mlpipe.callbacks import DivergenceGuard, EpochLogger, OneCycle, TrainingSignals
-from mlpipe.config import Params, TrainParams, params_hash
+from mlpipe.config import OptimizerParams, Params, TrainParams, params_hash
 from mlpipe.models import save_model
 from mlpipe.resume import ResumableBackup
 
@@ -76,6 +76,11 @@ def check_monitor(train: TrainParams, schema: dict) -> None:
 def learning_rate(train: TrainParams, steps_per_epoch: int) -> float | LearningRateSchedule:
     """The optimizer's rate: a number, or a built-in Keras schedule that decays it per step."""
     rate = train.optimizer.learning_rate
+    if rate == "auto":
+        raise MlpipeError(
+            "train.optimizer.learning_rate is auto: resolve it from the lr_find stage's record "
+            "(config.resolve_learning_rate) before building the optimizer"
+        )
     schedule = train.lr_schedule
     if schedule.name == "exponential":
         return keras.optimizers.schedules.ExponentialDecay(
@@ -128,10 +133,14 @@ def steps_per_execution(train: TrainParams, steps_per_epoch: int) -> int:
 
 
 def make_optimizer(train: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    cfg = train.optimizer
-    return OPTIMIZERS[cfg.name](
-        learning_rate=learning_rate(train, steps_per_epoch), **cfg.settings()
-    )
+    return build_optimizer(train.optimizer, learning_rate(train, steps_per_epoch))
+
+
+def build_optimizer(
+    cfg: OptimizerParams, rate: float | LearningRateSchedule
+) -> keras.optimizers.Optimizer:
+    """The optimizer `cfg.name` with its own settings, at `rate`."""
+    return OPTIMIZERS[cfg.name](learning_rate=rate, **cfg.settings())
 
 
 def compile_model(
