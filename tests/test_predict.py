@@ -17,10 +17,14 @@ STAGES = [
     ("prepare", ["prepared"]),
     ("build", ["prepared", "untrained.keras", "summary.txt"]),
     (
+        "lr_find",
+        ["prepared", "untrained.keras", "rate.json", "lr_find.json", "lr_find.csv", "lr_find.png"],
+    ),
+    (
         "train",
         [
             *("prepared", "untrained.keras", "model.keras", "train.json"),
-            *("--dvclive", "live", "--tensorboard", "tb"),
+            *("--dvclive", "live", "--tensorboard", "tb", "--learning-rate", "rate.json"),
         ],
     ),
     ("evaluate", ["prepared", "model.keras", "evaluate.json", "plots"]),
