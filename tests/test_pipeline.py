@@ -68,7 +68,7 @@ def test_committed_metrics_and_plots_show_without_running(clone):
     # 3 training charts, 2 validation metrics (loss, accuracy), 7 of the test split, of which
     # the 2 for regression are empty
     assert page.count("vegaEmbed(") == 12
-    assert not (clone / "models" / "model.keras").exists()
+    assert not (clone / "models" / "model").exists()
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def test_diverging_run_fails_and_records_nothing(tiny):
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert re.search(r"loss became nan at epoch 1, batch(es)? [\d-]+ ", output)
-    assert not (tiny / "models/model.keras").exists()
+    assert not (tiny / "models/model").exists()
     assert not list((tiny / "models").glob(".model.*"))  # no checkpoint, no backup
     assert train_lock(tiny) == lock
 
