@@ -5,13 +5,24 @@ before training, naming the key."""
 import json
 
 import h5py
+import keras
 import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
 
 from conftest import ROOT, run_stage, tiny_params, write_prepared
-from mlpipe import MlpipeError, data, export, features, models, networks, runtime, training
+from mlpipe import (
+    MlpipeError,
+    data,
+    export,
+    features,
+    models,
+    networks,
+    predict,
+    runtime,
+    training,
+)
 from mlpipe.config import ParamsError, parse_params
 from mlpipe.tables import read_table
 
@@ -105,15 +116,18 @@ def test_each_api_trains_saves_reloads_and_predicts_identically(case, housing, d
         pick = (lambda raw, n=name: raw[n]) if name else (lambda raw: raw)
         np.testing.assert_array_equal(pick(got), pick(expected))
 
-    # Exported, every format takes the raw columns and gives the main output's predictions.
-    (tmp_path / "export").mkdir()
-    export.write_formats(again, params.export, tmp_path / "export")
+    # Exported, every format takes the raw columns and gives the main output's predictions;
+    # `mlpipe predict` reads the export folder.
+    formats = {"onnx": True, "h5": True} if len(names) > 1 else {}
+    out = tmp_path / "export"
+    out.mkdir()
+    export.write_formats(again, params.export.model_copy(update=formats), out, inputs)
     main = models.main_output(expected)
-    keras_file = models.load_model(tmp_path / "export" / export.KERAS_FILE)
+    keras_file = models.load_model(out / export.KERAS_FILE)
     np.testing.assert_allclose(
         models.main_output(features.predict(keras_file, inputs, 64)), main, rtol=1e-5, atol=1e-6
     )
-    served = tf.saved_model.load(str(tmp_path / "export" / export.SAVED_MODEL_DIR))
+    served = tf.saved_model.load(str(out / export.SAVED_MODEL_DIR))
     feed = {
         name: tf.constant(values.astype(str) if values.dtype == object else values)
         for name, values in inputs.items()
@@ -121,6 +135,19 @@ def test_each_api_trains_saves_reloads_and_predicts_identically(case, housing, d
     np.testing.assert_allclose(
         models.main_output(served.serve(feed)).numpy(), main, rtol=1e-5, atol=1e-6
     )
+    if formats:
+        h5 = keras.saving.load_model(out / export.H5_FILE)
+        np.testing.assert_allclose(
+            models.main_output(features.predict(h5, inputs, 64)), main, rtol=1e-5, atol=1e-6
+        )
+    splits["test"].to_csv(tmp_path / "rows.csv", index=False)
+    model, meta = predict.load(out)
+    assert predict.predict_file(model, meta, tmp_path / "rows.csv", tmp_path / "p.csv") == len(main)
+    predicted = pd.read_csv(tmp_path / "p.csv")["prediction"]
+    if schema["task"] == "regression":
+        np.testing.assert_allclose(predicted, main[:, 0], rtol=1e-5, atol=1e-5)
+    else:
+        assert (predicted == main.argmax(axis=1)).all()
 
 
 def test_each_path_has_its_own_input_and_encoding(housing):

@@ -1,6 +1,7 @@
 """Example presets become `dvc exp run -S` arguments that DVC applies to params.yaml."""
 
 import shlex
+import subprocess
 
 import pytest
 import yaml
@@ -56,6 +57,23 @@ def test_mappings_are_replaced_and_odd_text_survives(tmp_path):
     assert params.train.class_weight == {"b": 3.0}
     assert params.train.early_stopping.patience == 4  # a key absent from the file is added
     assert params.evaluate.thresholds == {"accuracy": 0.95}
+
+
+def test_a_preset_applies_to_the_committed_params_not_the_last_experiment(tmp_path):
+    """`dvc exp run` leaves the last experiment's params in the workspace; the next example
+    must not inherit them."""
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text((ROOT / "params.yaml").read_text())
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for command in (["init", "-q"], ["add", "params.yaml"], ["commit", "-qm", "params"]):
+        subprocess.run([*git, *command], cwd=tmp_path, check=True)
+    applied_by_dvc(params_file, ROOT / "examples" / "california_subclass.yaml")
+    assert load_params(params_file).model.residual_blocks == 2
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())
+    preset = ROOT / "examples" / "california_wide_deep.yaml"
+    expected = parse_params(presets.merged(committed, presets.read_yaml(preset)))
+    assert applied_by_dvc(params_file, preset) == expected
+    assert expected.model.residual_blocks == 0 and expected.model.api == "functional"
 
 
 def test_a_typo_in_a_preset_names_the_key_and_the_file(tmp_path):

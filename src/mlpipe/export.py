@@ -119,15 +119,17 @@ def signature(model: keras.Model) -> dict:
 
 
 def write_onnx(model: keras.Model, path: Path) -> None:
+    """The model as ONNX, with its main output only: tf2onnx names several outputs after the
+    layer that holds them (`core`, `core_1`), so which is which could not be told."""
     import tf2onnx
 
+    model = keras.Model(model.input, main_output(model.output), name=model.name)
     tf2onnx.convert.from_keras(
         model, input_signature=[signature(model)], opset=ONNX_OPSET, output_path=str(path)
     )
 
 
 def onnx_predict(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """The ONNX model's predictions; of its main output when it has several."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -135,9 +137,7 @@ def onnx_predict(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
         i.name: inputs[i.name].astype(np.str_) if inputs[i.name].dtype == object else inputs[i.name]
         for i in session.get_inputs()
     }
-    names = [o.name for o in session.get_outputs()]
-    results = dict(zip(names, session.run(None, feed), strict=True))
-    return results.get("main", results[names[0]])
+    return session.run(None, feed)[0]
 
 
 def check_onnx(model: keras.Model, path: Path, sample: dict[str, np.ndarray]) -> None:

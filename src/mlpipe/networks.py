@@ -53,11 +53,13 @@ def output_spec(schema: dict) -> tuple[int, str | None]:
     return (1, "sigmoid") if n_classes == 2 else (n_classes, "softmax")
 
 
+@keras.saving.register_keras_serializable(package="mlpipe")
 class ResidualBlock(keras.layers.Layer):
     """Two dense layers whose output is added to the block's input (Géron, chapter 12)."""
 
     def __init__(self, units: int, activation: str, kernel_initializer: str, **kwargs):
         super().__init__(**kwargs)
+        self.units, self.activation, self.kernel_initializer = units, activation, kernel_initializer
         self.dense = [
             keras.layers.Dense(
                 units, activation=activation, kernel_initializer=kernel_initializer, name=name
@@ -65,11 +67,24 @@ class ResidualBlock(keras.layers.Layer):
             for name in ("dense_1", "dense_2")
         ]
 
+    def build(self, input_shape):
+        # The block keeps the width of its input, so each dense layer takes that shape.
+        for layer in self.dense:
+            layer.build(input_shape)
+
     def call(self, inputs):
         z = inputs
         for layer in self.dense:
             z = layer(z)
         return inputs + z
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "activation": self.activation,
+            "kernel_initializer": self.kernel_initializer,
+        }
 
 
 @keras.saving.register_keras_serializable(package="mlpipe")

@@ -1,5 +1,5 @@
-"""Example presets: YAML files of the params that differ from `params.yaml`, turned into the
-`-S key=value` arguments of `dvc exp run`.
+"""Example presets: YAML files of the params that differ from the committed `params.yaml`,
+turned into the `-S key=value` arguments of `dvc exp run`.
 
 A preset is not a second config: DVC writes its values into the experiment's `params.yaml`,
 which stays the one record of what ran, and `dvc exp show` lists them beside other runs.
@@ -9,6 +9,7 @@ Imports no TensorFlow.
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -51,23 +52,28 @@ def merged(base: dict, preset: dict, model: type[BaseModel] = Params) -> dict:
     return out
 
 
-def overrides(preset: dict, base: dict, model: type[BaseModel] = Params, prefix: str = "") -> list:
-    """DVC's (Hydra's) override strings that turn `base` into `merged(base, preset)`."""
+def overrides(
+    current: dict, target: dict, model: type[BaseModel] = Params, prefix: str = ""
+) -> list[str]:
+    """DVC's (Hydra's) override strings that turn the params `current` into `target`."""
     out = []
-    for key, value in preset.items():
+    for key, value in target.items():
         path = f"{prefix}{key}"
         section = _section_of(model, key)
-        current = base.get(key)
-        if section is not None and isinstance(value, dict) and isinstance(current, dict):
-            out += overrides(value, current, section, f"{path}.")
-        elif key not in base:
+        now = current.get(key)
+        if key not in current:
             out.append(f"+{path}={hydra_value(value)}")
-        elif isinstance(current, dict):
+        elif section is not None and isinstance(value, dict) and isinstance(now, dict):
+            out += overrides(now, value, section, f"{path}.")
+        elif now == value and type(now) is type(value):
+            continue
+        elif isinstance(now, dict):
             # Hydra merges a mapping into a mapping, and refuses new keys in it: deleting it
             # first makes the new one a replacement.
             out += [f"~{path}", f"+{path}={hydra_value(value)}"]
         else:
             out.append(f"{path}={hydra_value(value)}")
+    out += [f"~{prefix}{key}" for key in current if key not in target]
     return out
 
 
@@ -94,13 +100,29 @@ def hydra_value(value: Any) -> str:
     raise ParamsError(f"value {value!r} of type {type(value).__name__} is not a param value")
 
 
+def committed(params_file: str | Path, ref: str = "HEAD") -> dict | None:
+    """`params_file` as committed at `ref`, or None outside git or where it is not committed."""
+    path = Path(params_file).resolve()
+    try:
+        run = dict(cwd=path.parent, capture_output=True, text=True, check=True)
+        root = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], **run).stdout.strip())
+        name = path.relative_to(root).as_posix()
+        text = subprocess.run(["git", "show", f"{ref}:{name}"], **run).stdout
+    except (OSError, ValueError, subprocess.CalledProcessError):
+        return None
+    return yaml.safe_load(text) or {}
+
+
 def preset_args(preset_file: str | Path, params_file: str | Path = DEFAULT_PARAMS_FILE) -> list:
-    """`-S` arguments for `dvc exp run` that apply the preset to `params_file`, after checking
-    the result against the params schema (a typo in a preset fails here, naming the key)."""
+    """`-S` arguments for `dvc exp run` that make `params_file` the committed params with the
+    preset applied, whatever the workspace holds (after `dvc exp run`, the previous experiment's
+    params), checked against the params schema first: a typo in a preset fails here."""
     preset = read_yaml(preset_file)
-    base = read_yaml(params_file)
-    parse_params(merged(base, preset), source=f"{preset_file} over {params_file}")
-    return [arg for override in overrides(preset, base) for arg in ("-S", override)]
+    current = read_yaml(params_file)
+    base = committed(params_file)
+    target = merged(current if base is None else base, preset)
+    parse_params(target, source=f"{preset_file} over {params_file}")
+    return [arg for override in overrides(current, target) for arg in ("-S", override)]
 
 
 def _section_of(model: type[BaseModel], key: str) -> type[BaseModel] | None:
