@@ -13,7 +13,12 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
-.PHONY: help venv repro example examples report readme-results test lint format dag bench clean
+# `make sweep SPEC=sweeps/optimizers.yaml JOBS=2`: the spec to run, and experiments at a time.
+SPEC ?= sweeps/learning_rate.yaml
+JOBS ?= 1
+
+.PHONY: help venv repro example examples report readme-results test lint format dag bench sweep
+.PHONY: clean
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
@@ -52,6 +57,9 @@ format: venv ## apply ruff's fixes and formatting
 
 bench: venv ## training throughput against Keras fit and scikit-learn (bench/results.md)
 	$(BIN)/python bench/bench.py
+
+sweep: venv ## run SPEC as DVC experiments, JOBS at a time; rank them on validation
+	$(BIN)/mlpipe sweep $(SPEC) -j $(JOBS) --readme README.md
 
 dag: venv ## print the stage graph
 	$(BIN)/dvc dag

@@ -75,7 +75,7 @@ def mlpipe_rate(x, y, batch_size: int) -> tuple[float, int]:
     preprocessor, model = models.split_model(models.build_model(params.model, schema(), frame))
     x = features.transform(preprocessor, frame, schema())
     del frame
-    steps = training.steps(len(x), batch_size)
+    steps = training.steps(len(y), batch_size)
     training.compile_model(model, params.train, schema(), steps)
     epoch = iter(range(10**6))
 
@@ -85,7 +85,7 @@ def mlpipe_rate(x, y, batch_size: int) -> tuple[float, int]:
         model.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
 
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    return epoch_rate(one_epoch, len(x)), trainable
+    return epoch_rate(one_epoch, len(y)), trainable
 
 
 def keras_rate(x, y, batch_size: int) -> float:

@@ -21,7 +21,7 @@ def main(repo: Path) -> None:
     built = models.build_model(params.model, schema, splits["train"])
     preprocessor, model = models.split_model(built)
     xy = features.matrices(preprocessor, splits, schema)
-    steps = training.steps(len(xy["train"][0]), params.train.batch_size)
+    steps = training.steps(len(xy["train"][1]), params.train.batch_size)
     training.compile_model(model, params.train, schema, steps)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)

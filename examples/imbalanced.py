@@ -46,7 +46,7 @@ def train_and_score(frame: pd.DataFrame, class_weight, seed: int = 0) -> dict:
         models.build_model(params.model, schema, splits["train"])
     )
     xy = features.matrices(preprocessor, splits, schema)
-    steps = training.steps(len(xy["train"][0]), params.train.batch_size)
+    steps = training.steps(len(xy["train"][1]), params.train.batch_size)
     training.compile_model(model, params.train, schema, steps)
     weights = training.class_weights(params.train, schema, xy["train"][1])
     with tempfile.TemporaryDirectory() as tmp:

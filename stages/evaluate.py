@@ -7,7 +7,7 @@ Writes: <metrics> (test metrics at the top level, the validation split's under `
         names are the main output's, and `loss` (the weighted total) and `outputs.<name>` are
         added) and <plots>/ (CSV data of the DVC plots of the test split, and PNG versions of
         the charts that apply to the task).
-Params: evaluate; train.loss_weights (to add up the outputs' losses). The gate
+Params: evaluate, train.loss_weights (to add up the outputs' losses). The gate
         (evaluate.thresholds) is checked after the metrics are written.
 """
 

@@ -6,7 +6,8 @@ trained. A network with several outputs gets the labels at each, and `train.loss
 
 A loss that becomes NaN or infinite fails the stage (exit 2) and saves no model.
 
-Reads:  <prepared>/{train,valid}.parquet, <prepared>/schema.json, <untrained> (model folder).
+Reads:  <prepared>/{train,valid}.parquet, <prepared>/schema.json, <untrained> (model folder),
+        <learning rate> (the lr_find stage's record: the suggestion under `auto`, else a check).
 Writes: <model> (model folder of the best epoch), <metrics> (epochs run, best epoch, best
         validation value, seconds), per-epoch curves under <dvclive>, TensorBoard logs under
         <tensorboard>/<experiment name or "workspace">. While it runs, a backup beside <model>
@@ -21,7 +22,7 @@ import shutil
 from pathlib import Path
 
 from mlpipe import data, io, stage
-from mlpipe.config import load_params
+from mlpipe.config import load_params, resolve_learning_rate
 
 log = logging.getLogger("mlpipe.train")
 
@@ -34,8 +35,12 @@ def main() -> None:
     parser.add_argument("metrics", type=Path, help="where to write the training summary JSON")
     parser.add_argument("--dvclive", type=Path, required=True, help="DVCLive folder")
     parser.add_argument("--tensorboard", type=Path, required=True, help="TensorBoard root")
+    parser.add_argument(
+        "--learning-rate", type=Path, required=True, help="the lr_find stage's record"
+    )
     args = parser.parse_args()
-    params = load_params()
+    # From here on the rate is a number, `auto` or not; the resume fingerprint hashes it too.
+    params = resolve_learning_rate(load_params(), args.learning_rate)
 
     from mlpipe import callbacks, features, models, runtime, training
 
@@ -45,16 +50,17 @@ def main() -> None:
     preprocessor, model = models.split_model(models.load_model_folder(args.untrained))
     outputs = models.output_names(model)
     training.check_monitor(params.train, schema, outputs)
-    training.check_loss_weights(params.train, outputs)
+    training.check_loss_weights(params.train.loss_weights, outputs)
     training.check_weighting(params.train, schema, model)
 
     # Data: features computed once per split, labels fed to every output
     splits = data.read_splits(args.prepared, ("train", "valid"))
     sample_weight = data.sample_weights(splits["train"], schema)
     xy = features.matrices(preprocessor, splits, schema)
+    del splits  # the feature tensors are all training needs from here: free the tables
     class_weight = training.class_weights(params.train, schema, xy["train"][1])
+    steps_per_epoch = training.steps(len(xy["train"][1]), params.train.batch_size)
     xy = training.label_outputs(xy, outputs)
-    steps_per_epoch = training.steps(training.n_rows(xy["train"][0]), params.train.batch_size)
     training.compile_model(model, params.train, schema, steps_per_epoch)
 
     # Train. The checkpoint and the backup live beside the outputs, where DVC does not delete
@@ -67,7 +73,7 @@ def main() -> None:
         backup=args.model.with_name(f".{args.model.name}.backup"),
     )
     inputs = sorted(p for p in args.untrained.rglob("*") if p.is_file())
-    inputs += [args.prepared / f"{name}.parquet" for name in splits]
+    inputs += [args.prepared / f"{name}.parquet" for name in xy]
     fingerprint = training.fingerprint(params, inputs)
     try:
         summary = training.fit(

@@ -115,3 +115,12 @@ def test_load_params_reports_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ParamsError, match="mapping"):
         load_params(bad)
+
+
+def test_learning_rate_is_a_positive_number_or_auto():
+    assert parse_params({"train": {"optimizer": {"learning_rate": "auto"}}}).train.optimizer
+    message = error_of({"train": {"optimizer": {"learning_rate": "autox"}}})
+    assert "`train.optimizer.learning_rate`: Input should be 'auto'" in message
+    assert "constrained" not in message
+    message = error_of({"lr_find": {"min_lr": 1.0, "max_lr": 0.1}})
+    assert "`lr_find`: min_lr (1.0) must be below max_lr (0.1)" in message

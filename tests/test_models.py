@@ -17,13 +17,14 @@ from mlpipe import (
     data,
     export,
     features,
+    lr_find,
     models,
     networks,
     predict,
     runtime,
     training,
 )
-from mlpipe.config import ParamsError, parse_params
+from mlpipe.config import ParamsError, learning_rate_record, parse_params
 from mlpipe.tables import read_table
 
 HOUSING = {
@@ -79,7 +80,7 @@ def train_two_epochs(splits, schema, params, folder):
     preprocessor, core = models.split_model(built)
     outputs = models.output_names(core)
     training.check_monitor(params.train, schema, outputs)
-    training.check_loss_weights(params.train, outputs)
+    training.check_loss_weights(params.train.loss_weights, outputs)
     xy = training.label_outputs(features.matrices(preprocessor, splits, schema), outputs)
     steps = training.steps(training.n_rows(xy["train"][0]), params.train.batch_size)
     training.compile_model(core, params.train, schema, steps)
@@ -148,6 +149,39 @@ def test_each_api_trains_saves_reloads_and_predicts_identically(case, housing, d
         np.testing.assert_allclose(predicted, main[:, 0], rtol=1e-5, atol=1e-5)
     else:
         assert (predicted == main.argmax(axis=1)).all()
+
+
+def test_range_test_runs_on_two_outputs(housing):
+    splits, schema = housing
+    params = case_params({"api": "functional", "wide_columns": WIDE, "aux_output": True}, {})
+    preprocessor, core = models.split_model(
+        models.build_model(params.model, schema, splits["train"])
+    )
+    outputs = models.output_names(core)
+    x = features.to_numpy(features.transform(preprocessor, splits["train"], schema))
+    y = data.encode_target(splits["train"][schema["target"]], schema)
+    x, y = training.label_outputs({"train": (x, y)}, outputs)["train"]
+    loss, loss_weights = training.output_losses({"main": 0.9, "aux": 0.1}, schema, outputs)
+    assert loss == {"main": "mse", "aux": "mse"} and loss_weights == {"main": 0.9, "aux": 0.1}
+    before = core.get_weights()
+    result = lr_find.range_test(
+        core,
+        x,
+        y,
+        optimizer=keras.optimizers.Adam(),
+        loss=loss,
+        loss_weights=loss_weights,
+        min_lr=1e-4,
+        max_lr=1.0,
+        steps=8,
+        batch_size=16,
+        seed=0,
+        smoothing=0.5,
+        stop_factor=100.0,
+    )
+    assert len(result["losses"]) == 8 and np.isfinite(result["losses"]).all()
+    for now, then in zip(core.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(now, then)
 
 
 def test_each_path_has_its_own_input_and_encoding(housing):
@@ -254,20 +288,25 @@ def test_columns_of_the_paths_are_checked_against_the_data(housing):
 
 def test_loss_weights_and_monitor_must_name_outputs_the_model_has():
     regression = {"task": "regression", "classes": None}
-    train = tiny_params(train={"loss_weights": {"main": 1.0, "aux2": 0.5}}).train
     with pytest.raises(MlpipeError, match=r"train\.loss_weights: `aux2` is not an output"):
-        training.check_loss_weights(train, ["main", "aux"])
-    train = tiny_params(train={"loss_weights": {"aux": 0.1}}).train
+        training.check_loss_weights({"main": 1.0, "aux2": 0.5}, ["main", "aux"])
     with pytest.raises(MlpipeError, match=r"model\.aux_output: true adds `aux`"):
-        training.check_loss_weights(train, ["main"])
-    train = tiny_params(train={"loss_weights": {"main": 1.0}}).train
+        training.check_loss_weights({"aux": 0.1}, ["main"])
     with pytest.raises(MlpipeError, match=r"this model has one \(`main`\)"):
-        training.check_loss_weights(train, ["main"])
+        training.check_loss_weights({"main": 1.0}, ["main"])
     train = tiny_params(train={"monitor": "val_rmse"}).train
     with pytest.raises(MlpipeError, match="val_main_rmse"):
         training.check_monitor(train, regression, ["main", "aux"])
     assert training.monitor_mode("val_main_accuracy") == "max"
     assert training.monitor_mode("val_aux_loss") == "min"
+
+
+def train_args(folder, params: dict) -> list[str]:
+    """The train stage's arguments after the prepared folder, with the lr_find record it needs."""
+    optimizer = parse_params(params).train.optimizer
+    (folder / "rate.json").write_text(json.dumps(learning_rate_record(optimizer, None)))
+    args = ["untrained", "model", "train.json", "--dvclive", "live", "--tensorboard", "tb"]
+    return [*args, "--learning-rate", "rate.json"]
 
 
 @pytest.fixture(scope="module")
@@ -303,8 +342,7 @@ def test_wrong_configurations_fail_before_training_naming_the_key(
     (tmp_path / "params.yaml").write_text(json.dumps(params))
     result = run_stage("build", str(housing_dir), "untrained", "summary.txt", cwd=tmp_path)
     if result.returncode == 0:
-        args = [str(housing_dir), "untrained", "model", "train.json"]
-        result = run_stage("train", *args, "--dvclive", "live", "--tensorboard", "tb", cwd=tmp_path)
+        result = run_stage("train", str(housing_dir), *train_args(tmp_path, params), cwd=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert "epoch 1/" not in result.stderr and not (tmp_path / "model").exists()
@@ -318,9 +356,11 @@ def test_class_weight_with_several_outputs_fails_before_training(prepared_dir, t
     (tmp_path / "params.yaml").write_text(json.dumps(params.model_dump(mode="json")))
     schema = data.read_schema(prepared_dir)
     train = data.read_splits(prepared_dir)["train"]
-    models.save_model_folder(models.build_model(params.model, schema, train), tmp_path / "u")
-    args = [str(prepared_dir), "u", "model", "train.json", "--dvclive", "l", "--tensorboard", "t"]
-    result = run_stage("train", *args, cwd=tmp_path)
+    models.save_model_folder(
+        models.build_model(params.model, schema, train), tmp_path / "untrained"
+    )
+    args = train_args(tmp_path, params.model_dump(mode="json"))
+    result = run_stage("train", str(prepared_dir), *args, cwd=tmp_path)
     assert result.returncode == 2
     assert "train.class_weight is not supported by Keras for a model with several outputs" in (
         result.stderr

@@ -19,7 +19,7 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.e2e
 
-STAGES = {"prepare", "build", "train", "evaluate", "export"}
+STAGES = {"prepare", "build", "lr_find", "train", "evaluate", "export"}
 # Small enough for seconds per stage, big enough that metrics are meaningful.
 TINY = {
     "model": {"hidden_units": [64]},
@@ -67,8 +67,8 @@ def test_committed_metrics_and_plots_show_without_running(clone):
     run(["dvc", "plots", "show", "-o", "plots_html"], cwd=clone)
     page = (clone / "plots_html" / "index.html").read_text()
     # 3 training charts, 2 validation metrics (loss, accuracy), 7 of the test split, of which
-    # the 2 for regression are empty
-    assert page.count("vegaEmbed(") == 12
+    # the 2 for regression are empty, and the learning-rate range test
+    assert page.count("vegaEmbed(") == 13
     assert not (clone / "models" / "model").exists()
 
 
@@ -98,14 +98,39 @@ def test_repro_without_changes_runs_nothing(tiny):
 @pytest.mark.parametrize(
     ("setting", "expected"),
     [
-        ("train.optimizer.learning_rate=0.002", {"train", "evaluate", "export"}),
-        ("model.hidden_units=[24,12]", {"build", "train", "evaluate", "export"}),
+        ("train.optimizer.learning_rate=0.002", {"lr_find", "train", "evaluate", "export"}),
+        ("model.hidden_units=[24,12]", {"build", "lr_find", "train", "evaluate", "export"}),
         ("evaluate.batch_size=64", {"evaluate"}),
+        # With a number as the rate, the range test's settings cannot retrain.
+        ("lr_find.max_lr=1.0", {"lr_find"}),
     ],
 )
 def test_experiment_reruns_only_affected_stages(tiny, setting, expected):
     result = run(["dvc", "exp", "run", "-S", setting], cwd=tiny)
     assert stages_run(result) == expected
+
+
+def test_auto_learning_rate_trains_at_the_range_tests_suggestion(tiny):
+    try:
+        # Earlier tests leave their settings in the workspace: put the full range back.
+        settings = ["-S", "train.optimizer.learning_rate=auto", "-S", "lr_find.max_lr=10.0"]
+        result = run(["dvc", "exp", "run", *settings], cwd=tiny)
+        assert stages_run(result) == {"lr_find", "train", "evaluate", "export"}
+        summary = json.loads((tiny / "metrics/lr_find.json").read_text())
+        record = json.loads((tiny / "models/learning_rate.json").read_text())
+        # (The small model of earlier tests may saturate rather than explode: stopped_early
+        # can be false here. The unit tests check the stop on a curve that explodes.)
+        assert summary["range_test"] is True and summary["steps_run"] >= 5
+        assert record == {"learning_rate": summary["suggested_learning_rate"], "source": "lr_find"}
+        curve = (tiny / "plots/training/plots/metrics/train/learning_rate.tsv").read_text()
+        used = [float(line.split("\t")[1]) for line in curve.splitlines()[1:]]
+        assert used == pytest.approx([record["learning_rate"]] * len(used), rel=1e-6)
+        assert json.loads((tiny / "metrics/evaluate.json").read_text())["accuracy"] > 0.85
+        # Under auto the range test's settings do reach training, through the record.
+        again = run(["dvc", "exp", "run", "-S", "lr_find.rule=steepest"], cwd=tiny)
+        assert "lr_find" in stages_run(again)
+    finally:
+        run(["git", "checkout", "--", "params.yaml"], cwd=tiny)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from mlpipe import plots
+from mlpipe import lr_find, plots
 
 CLASSIFICATION = {"task": "classification", "classes": ["cat", "dog", "fox"]}
 REGRESSION = {"task": "regression", "classes": None}
@@ -126,11 +126,19 @@ def write_dvclive(folder: Path, metrics: tuple[str, ...]) -> None:
 def test_dvc_yaml_declares_only_files_every_task_writes():
     declared = set()
     for entry in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]:
+        if isinstance(entry, str):  # an image
+            declared.add(entry)
+            continue
         ((plot_id, props),) = entry.items()
         declared |= set(props["y"]) if isinstance(props.get("y"), dict) else {plot_id}
     evaluation = {p for p in declared if p.startswith("plots/evaluate/")}
     assert evaluation == {f"plots/evaluate/{name}" for name in plots.DATA_COLUMNS}
-    training = {p.removeprefix("plots/training/plots/metrics/") for p in declared - evaluation}
+    # The lr_find stage writes both whatever the rate (only a header when it is a number)
+    range_test = {"plots/lr_find.csv", "plots/lr_find.png"}
+    assert range_test <= declared
+    training = {
+        p.removeprefix("plots/training/plots/metrics/") for p in declared - evaluation - range_test
+    }
     # DVCLive writes these whatever the task; task metrics come from the folder `eval`
     assert training == {
         "train/loss.tsv",
@@ -156,6 +164,11 @@ def plots_repo(tmp_path: Path, schema: dict) -> Path:
     shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     shutil.copytree(ROOT / "vendor", repo / "vendor")
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
+    # The range test's files as lr_find writes them when the rate is a number
+    (repo / "plots").mkdir()
+    (repo / "plots" / "lr_find.csv").write_text(lr_find.curve_csv(None))
+    (repo / "plots" / "lr_find.png").write_bytes(lr_find.curve_png(None, {}, "skipped"))
     # What Keras logs per epoch for each task
     metrics = (
         ("loss", "accuracy") if schema["task"] == "classification" else ("loss", "rmse", "mae")

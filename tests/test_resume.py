@@ -18,9 +18,11 @@ import pytest
 
 from conftest import ROOT, stage_env, tiny_params, write_prepared
 from mlpipe import data, models, runtime
+from mlpipe.config import learning_rate_record
 
 EPOCHS = 6
 ARGS = ["model", "train.json", "--dvclive", "live", "--tensorboard", "tb"]
+ARGS += ["--learning-rate", "learning_rate.json"]
 
 
 def setup_run(folder, prepared_dir, **train):
@@ -28,6 +30,8 @@ def setup_run(folder, prepared_dir, **train):
     settings = {"epochs": EPOCHS, "early_stopping": {"patience": EPOCHS}, **train}
     params = tiny_params(train=settings)
     (folder / "params.yaml").write_text(json.dumps(params.model_dump(mode="json")))
+    record = learning_rate_record(params.train.optimizer, None)
+    (folder / "learning_rate.json").write_text(json.dumps(record))
     schema = data.read_schema(prepared_dir)
     train = data.read_splits(prepared_dir)["train"]
     runtime.seed_everything(params.seed)  # both runs of a comparison start from the same model
@@ -125,6 +129,10 @@ def test_backup_of_another_configuration_is_not_resumed(tmp_path, module_prepare
     params = json.loads((folder / "params.yaml").read_text())
     params["train"]["optimizer"]["learning_rate"] = 0.002
     (folder / "params.yaml").write_text(json.dumps(params))
+    # as the lr_find stage would record the new rate
+    (folder / "learning_rate.json").write_text(
+        json.dumps({"learning_rate": 0.002, "source": "params"})
+    )
     result = train(folder, module_prepared)
     assert result.returncode == 0, result.stderr
     assert "discarding a backup of a different configuration" in result.stderr

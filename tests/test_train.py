@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from conftest import run_stage, tiny_params
 from mlpipe import MlpipeError, callbacks, data, features, models, runtime, training
+from mlpipe.config import learning_rate_record
 
 
 def fit_tiny(digits, tmp_path, **train):
@@ -16,7 +17,7 @@ def fit_tiny(digits, tmp_path, **train):
     built = models.build_model(params.model, schema, splits["train"])
     preprocessor, model = models.split_model(built)
     xy = features.matrices(preprocessor, splits, schema)
-    steps = training.steps(len(xy["train"][0]), params.train.batch_size)
+    steps = training.steps(len(xy["train"][1]), params.train.batch_size)
     training.compile_model(model, params.train, schema, steps)
     dirs = training.RunDirs(
         tmp_path / "best.weights.h5", tmp_path / "tb", tmp_path / "live", tmp_path / "backup"
@@ -98,7 +99,9 @@ def test_stage_replaces_model_only_when_training_succeeds(prepared_dir, tmp_path
     train = data.read_splits(prepared_dir)["train"]
     models.save_model_folder(models.build_model(tiny_params().model, schema, train), untrained)
     args = [str(prepared_dir), str(untrained), "model", "train.json"]
-    args += ["--dvclive", "live", "--tensorboard", "tb"]
+    args += ["--dvclive", "live", "--tensorboard", "tb", "--learning-rate", "rate.json"]
+    record = learning_rate_record(tiny_params().train.optimizer, None)
+    (tmp_path / "rate.json").write_text(json.dumps(record))
     result = run_stage("train", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "train.json").read_text())
@@ -223,3 +226,9 @@ def test_each_epoch_is_shuffled_by_seed_and_epoch_alone(seed):
     assert from_start[0].tolist() != from_start[1].tolist()
     batch = next(training.epoch_batches((x, y), 4, seed, 0, 1).as_numpy_iterator())
     np.testing.assert_array_equal(batch[0][:, 0], batch[1] * 2)  # rows stay whole
+
+
+def test_an_unresolved_auto_rate_never_reaches_the_optimizer():
+    train = tiny_params(train={"optimizer": {"learning_rate": "auto"}}).train
+    with pytest.raises(MlpipeError, match="lr_find"):
+        training.make_optimizer(train, steps_per_epoch=10)

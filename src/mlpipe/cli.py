@@ -74,6 +74,21 @@ def _readme_results(args: argparse.Namespace) -> None:
     sys.exit(1)
 
 
+def _sweep(args: argparse.Namespace) -> None:
+    from mlpipe import sweep
+
+    sweep.run_sweep(
+        Path(args.spec),
+        jobs=args.jobs,
+        params_file=Path(args.params),
+        prefix=args.prefix,
+        results_dir=Path(args.results_dir),
+        readme=Path(args.readme) if args.readme else None,
+        dry_run=args.dry_run,
+        show_only=args.show,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlpipe", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mlpipe {__version__}")
@@ -125,6 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--metrics", type=Path, default=Path("metrics"), help="metrics folder")
     sub.add_argument("--check", action="store_true", help="exit 1 if the section is stale")
     sub.set_defaults(func=_readme_results)
+    sweep = commands.add_parser(
+        "sweep",
+        help="run a sweep spec as DVC experiments and rank them on validation",
+        description="Queue every trial of SPEC (`dvc exp run --queue`), run the queue "
+        "(`dvc exp run --run-all -j JOBS`) and print the experiments ranked on the validation "
+        "value training monitored; the test metric is shown, never used to rank.",
+    )
+    sweep.set_defaults(func=_sweep)
+    sweep.add_argument("spec", help="sweep spec, e.g. sweeps/learning_rate.yaml")
+    sweep.add_argument("-j", "--jobs", type=int, default=1, help="experiments run at a time")
+    sweep.add_argument("--prefix", help="experiment names are <prefix>-<n>; default: spec name")
+    sweep.add_argument("--params", default=DEFAULT_PARAMS_FILE, help="params file to check")
+    sweep.add_argument("--results-dir", default="sweeps/results", help="where <spec>.md goes")
+    sweep.add_argument("--readme", help="markdown file whose block for the results to update")
+    sweep.add_argument("--dry-run", action="store_true", help="check, print the commands, stop")
+    sweep.add_argument("--show", action="store_true", help="rank the experiments already run")
     return parser
 
 

@@ -225,7 +225,9 @@ class OptimizerParams(Section):
 
     name: Literal["sgd", "rmsprop", "adam", "adamw", "nadam"] = "adam"
     # No upper bound: an absurd rate is legal and should fail in training, where it is visible.
-    learning_rate: float = Field(1e-3, gt=0)
+    learning_rate: Literal["auto"] | Annotated[float, Field(gt=0)] = Field(
+        1e-3, description="A number, or `auto`: the rate the lr_find stage suggests."
+    )
     sgd: SGDParams = SGDParams()
     rmsprop: RMSpropParams = RMSpropParams()
     adam: AdamParams = AdamParams()
@@ -335,6 +337,33 @@ class TrainParams(Section):
         return self
 
 
+class LRFindParams(Section):
+    """The learning-rate range test, run by the lr_find stage when the rate is `auto`."""
+
+    min_lr: float = Field(1e-5, gt=0)
+    max_lr: float = Field(10.0, gt=0)
+    steps: Literal["epoch"] | Annotated[int, Field(ge=10)] = Field(
+        "epoch", description="Batches to run: `epoch` for one pass over the training split."
+    )
+    smoothing: float = Field(
+        0.9, ge=0, lt=1, description="Weight of the past in the moving average of the loss."
+    )
+    stop_factor: float = Field(
+        4.0, gt=1, description="Stop once the smoothed loss exceeds this many times its minimum."
+    )
+    rule: Literal["minimum", "steepest"] = Field(
+        "minimum",
+        description="`minimum`: the rate at the lowest smoothed loss / 10; `steepest`: the "
+        "rate where the smoothed loss falls fastest.",
+    )
+
+    @model_validator(mode="after")
+    def _range_goes_up(self) -> LRFindParams:
+        if self.min_lr >= self.max_lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must be below max_lr ({self.max_lr})")
+        return self
+
+
 MetricName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 
 
@@ -361,6 +390,7 @@ class Params(Section):
     seed: int = Field(42, ge=0)
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
+    lr_find: LRFindParams = LRFindParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
@@ -401,8 +431,50 @@ def params_hash(params: Params, sections: tuple[str, ...]) -> str:
     return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()
 
 
+def learning_rate_record(optimizer: OptimizerParams, suggestion: float | None) -> dict:
+    """What the lr_find stage hands to train: the rate to use, and whether a range test chose it.
+
+    With a number in params the record holds that number whatever lr_find's own params are, so
+    changing them leaves the record's bytes, and therefore training, untouched.
+    """
+    if optimizer.learning_rate == "auto":
+        if suggestion is None:
+            raise ValueError("learning_rate is auto: the record needs the range test's suggestion")
+        return {"learning_rate": suggestion, "source": "lr_find"}
+    return {"learning_rate": optimizer.learning_rate, "source": "params"}
+
+
+def resolve_learning_rate(params: Params, record_file: str | Path) -> Params:
+    """`params` with `train.optimizer.learning_rate` the number to train with, from the
+    lr_find stage's record.
+
+    A record that does not match the params (written before they changed) is an error, not a
+    silent fallback: training at a stale rate would look like a result.
+    """
+    try:
+        record = json.loads(Path(record_file).read_text())
+    except (OSError, ValueError) as err:
+        raise ParamsError(
+            f"{record_file}: cannot read the learning-rate record ({err}); run the lr_find stage "
+            "first (`dvc repro` does)"
+        ) from None
+    train = params.train
+    configured = train.optimizer.learning_rate
+    rate, source = record.get("learning_rate"), record.get("source")
+    expected = "lr_find" if configured == "auto" else "params"
+    if source != expected or (configured != "auto" and rate != configured):
+        raise ParamsError(
+            f"{record_file} holds learning rate {rate} from {source}, but params.yaml sets "
+            f"train.optimizer.learning_rate to {configured}: it is out of date. Run the lr_find "
+            "stage first (`dvc repro` does)."
+        )
+    optimizer = train.optimizer.model_copy(update={"learning_rate": float(rate)})
+    train = train.model_copy(update={"optimizer": optimizer})
+    return params.model_copy(update={"train": train})
+
+
 def _describe(error: dict) -> str:
-    # Drop the tags pydantic adds for union members (`literal['x']`, `dict[...]`).
+    # Drop the tags pydantic adds for union members (`literal['x']`, `constrained-float`).
     loc = tuple(part for part in error["loc"] if not _UNION_TAG.match(str(part)))
     path = _format_path(loc)
     if error["type"] == "extra_forbidden":
@@ -421,7 +493,7 @@ def _describe(error: dict) -> str:
     return f"`{path}`: {error['msg'].removeprefix('Value error, ')}{got_text}"
 
 
-_UNION_TAG = re.compile(r"^[a-z-]+\[.*\]$")
+_UNION_TAG = re.compile(r"^([a-z-]+\[.*\]|constrained-[a-z]+)$")
 
 
 def _format_path(loc: tuple) -> str:

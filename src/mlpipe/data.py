@@ -396,8 +396,11 @@ def feature_names(schema: dict) -> list[str]:
     return [f["name"] for f in schema["features"]]
 
 
-def model_inputs(frame: pd.DataFrame, schema: dict, where: str = "data") -> dict[str, np.ndarray]:
-    """The model's named inputs: float32 (NaN for missing) or text ("" for missing), (n, 1)."""
+def model_inputs(
+    frame: pd.DataFrame, schema: dict, where: str = "data", first_row: int = 1
+) -> dict[str, np.ndarray]:
+    """The model's named inputs: float32 (NaN for missing) or text ("" for missing), (n, 1).
+    `first_row` numbers the frame's first row in error messages."""
     missing = [name for name in feature_names(schema) if name not in frame.columns]
     if missing:
         raise DataError(f"{where}: missing feature columns {missing}; the model needs them")
@@ -405,7 +408,7 @@ def model_inputs(frame: pd.DataFrame, schema: dict, where: str = "data") -> dict
     for feature in schema["features"]:
         column = frame[feature["name"]]
         if feature["kind"] == "numeric":
-            values = to_numeric(column, where)
+            values = to_numeric(column, where, first_row)
         else:
             values = to_categories(column)
         inputs[feature["input"]] = values.reshape(-1, 1)

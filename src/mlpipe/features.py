@@ -57,17 +57,20 @@ class ImputeStandardize(keras.layers.Layer):
 
 
 def numeric_stats(train: pd.DataFrame, names: list[str]) -> dict[str, list[float]]:
-    """Median, and mean and standard deviation after imputation, per column, in float64."""
-    x = np.column_stack(
-        [to_numeric(train[name], "train split").astype(np.float64) for name in names]
-    )
-    median = np.nanmedian(x, axis=0)
-    median = np.where(np.isnan(median), 0.0, median)  # a column missing in every training row
-    x = np.where(np.isnan(x), median, x)
-    std = x.std(axis=0)
-    # A constant column carries no information: scale it by 1 rather than divide by zero.
-    std = np.where(std > 0, std, 1.0)
-    return {"median": median.tolist(), "mean": x.mean(axis=0).tolist(), "std": std.tolist()}
+    """Median, and mean and standard deviation after imputation, per column in float64 (one
+    column at a time: never a float64 copy of the whole table)."""
+    stats: dict[str, list[float]] = {"median": [], "mean": [], "std": []}
+    for name in names:
+        x = to_numeric(train[name], "train split").astype(np.float64)
+        present = x[~np.isnan(x)]
+        median = float(np.median(present)) if len(present) else 0.0  # missing in every row
+        x[np.isnan(x)] = median
+        std = float(x.std())
+        stats["median"].append(median)
+        stats["mean"].append(float(x.mean()))
+        # A constant column carries no information: scale it by 1 rather than divide by zero.
+        stats["std"].append(std if std > 0 else 1.0)
+    return stats
 
 
 def vocabulary(train: pd.DataFrame, name: str) -> list[str]:
@@ -157,14 +160,17 @@ def feature_summary(schema: dict, train: pd.DataFrame) -> list[dict]:
     return out
 
 
-def dataset(inputs: dict[str, np.ndarray], batch_size: int) -> tf.data.Dataset:
-    """Batches of named inputs; text columns become tf.string, which Keras cannot take from
+def tensors(inputs: dict[str, np.ndarray]) -> dict[str, tf.Tensor]:
+    """Named inputs as tensors; text columns become tf.string, which Keras cannot take from
     NumPy object arrays directly."""
-    tensors = {
+    return {
         name: tf.constant(values.astype(np.str_) if values.dtype == object else values)
         for name, values in inputs.items()
     }
-    return tf.data.Dataset.from_tensor_slices(tensors).batch(batch_size)
+
+
+def dataset(inputs: dict[str, np.ndarray], batch_size: int) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices(tensors(inputs)).batch(batch_size)
 
 
 def predict(
@@ -176,18 +182,34 @@ def predict(
 
 def transform(
     preprocessor: keras.Model, frame: pd.DataFrame, schema: dict
-) -> np.ndarray | dict[str, np.ndarray]:
+) -> tf.Variable | dict[str, tf.Variable]:
     """The float32 feature matrix the core trains on (one per path for a Wide & Deep core),
-    computed once per split."""
+    computed once per split.
+
+    Chunk by chunk, into a variable that owns the only copy: tf.data captures a variable by
+    reference, where it would copy a tensor into its graph, and reading rows of a variable whose
+    buffer nothing else shares copies nothing. No float64 or per-column copy of the whole table
+    is made either. Peak memory is about twice the feature matrix, while the chunks are joined.
+    """
     from mlpipe.data import model_inputs  # data imports no TensorFlow; features does
 
-    out = predict(preprocessor, model_inputs(frame, schema), TRANSFORM_BATCH)
-    return tf.nest.map_structure(lambda matrix: matrix.astype(np.float32), out)
+    parts = []
+    for start in range(0, max(len(frame), 1), TRANSFORM_BATCH):
+        chunk = model_inputs(frame.iloc[start : start + TRANSFORM_BATCH], schema)
+        parts.append(preprocessor(tensors(chunk), training=False))
+    joined = tf.nest.map_structure(lambda *chunks: tf.concat(chunks, axis=0), *parts)
+    del parts
+    return tf.nest.map_structure(lambda matrix: tf.Variable(matrix, trainable=False), joined)
+
+
+def to_numpy(matrices: tf.Variable | dict[str, tf.Variable]) -> np.ndarray | dict[str, np.ndarray]:
+    """NumPy copies of what `transform` returns."""
+    return tf.nest.map_structure(lambda matrix: matrix.numpy(), matrices)
 
 
 def matrices(
     preprocessor: keras.Model, splits: dict[str, pd.DataFrame], schema: dict
-) -> dict[str, tuple[np.ndarray | dict[str, np.ndarray], np.ndarray]]:
+) -> dict[str, tuple[tf.Variable | dict[str, tf.Variable], np.ndarray]]:
     """(features, encoded target) per split, as the core trains and validates on them."""
     from mlpipe.data import encode_target
 

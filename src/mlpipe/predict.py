@@ -18,7 +18,8 @@ import pandas as pd
 
 from mlpipe import MlpipeError
 from mlpipe.config import CsvParams
-from mlpipe.tables import DataError, iter_table, to_categories, to_numeric
+from mlpipe.data import model_inputs
+from mlpipe.tables import DataError, iter_table
 
 log = logging.getLogger("mlpipe.predict")
 
@@ -92,18 +93,6 @@ def check_columns(columns: list[str], meta: dict, where: str) -> list[str]:
     return [c for c in columns if c not in needed and c != meta.get("id_column")]
 
 
-def chunk_inputs(chunk: pd.DataFrame, meta: dict, where: str, first_row: int) -> dict:
-    inputs = {}
-    for feature in meta["features"]:
-        column = chunk[feature["name"]]
-        if feature["kind"] == "numeric":
-            values = to_numeric(column, where, first_row)
-        else:
-            values = to_categories(column)
-        inputs[feature["input"]] = values.reshape(-1, 1)
-    return inputs
-
-
 def output_frame(raw: np.ndarray, meta: dict, ids: pd.Series | None) -> pd.DataFrame:
     """The prediction column, and for classification one `proba_<class>` column per class."""
     from mlpipe.metrics import class_probabilities
@@ -156,7 +145,7 @@ def predict_file(
                     checked = True
                 if chunk.empty:
                     continue
-                inputs = chunk_inputs(chunk, meta, str(input_path), rows + 1)
+                inputs = model_inputs(chunk, meta, str(input_path), rows + 1)
                 raw = main_output(predict(model, inputs, batch_size))
                 id_column = meta.get("id_column")
                 ids = chunk[id_column] if id_column and id_column in chunk else None

@@ -19,13 +19,15 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from mlpipe import MlpipeError, io
 from mlpipe.callbacks import DivergenceGuard, EpochLogger, OneCycle, TrainingSignals
-from mlpipe.config import Params, TrainParams, params_hash
+from mlpipe.config import OptimizerParams, Params, TrainParams, params_hash
 from mlpipe.models import output_names
 from mlpipe.resume import ResumableBackup
 
 # Measured on 200,000 x 64 rows at batch 32 (2 cores): 1 -> 34k, 32 -> 76k, 128 -> 96k,
 # 1000 -> 103k samples/s. 128 keeps a diverging loss located within 128 batches.
 MAX_STEPS_PER_EXECUTION = 128
+# Rows of training data gathered at once when shuffling (see epoch_batches).
+BLOCK_BYTES = 16 * 2**20
 
 OPTIMIZERS = {
     "sgd": keras.optimizers.SGD,
@@ -84,11 +86,11 @@ def monitor_mode(monitor: str) -> str:
     return "max" if monitor.endswith("accuracy") else "min"
 
 
-def check_loss_weights(train: TrainParams, outputs: list[str]) -> None:
+def check_loss_weights(loss_weights: dict[str, float] | None, outputs: list[str]) -> None:
     """`train.loss_weights` must name outputs the model has, and the model must have several."""
-    if train.loss_weights is None:
+    if loss_weights is None:
         return
-    unknown = [name for name in train.loss_weights if name not in outputs]
+    unknown = [name for name in loss_weights if name not in outputs]
     if unknown:
         raise MlpipeError(
             f"train.loss_weights: {', '.join(f'`{n}`' for n in unknown)} is not an output of "
@@ -112,6 +114,11 @@ def label_outputs(data: dict[str, tuple], outputs: list[str]) -> dict[str, tuple
 def learning_rate(train: TrainParams, steps_per_epoch: int) -> float | LearningRateSchedule:
     """The optimizer's rate: a number, or a built-in Keras schedule that decays it per step."""
     rate = train.optimizer.learning_rate
+    if rate == "auto":
+        raise MlpipeError(
+            "train.optimizer.learning_rate is auto: resolve it from the lr_find stage's record "
+            "(config.resolve_learning_rate) before building the optimizer"
+        )
     schedule = train.lr_schedule
     if schedule.name == "exponential":
         return keras.optimizers.schedules.ExponentialDecay(
@@ -165,24 +172,37 @@ def steps_per_execution(train: TrainParams, steps_per_epoch: int) -> int:
 
 
 def make_optimizer(train: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    cfg = train.optimizer
-    return OPTIMIZERS[cfg.name](
-        learning_rate=learning_rate(train, steps_per_epoch), **cfg.settings()
-    )
+    return build_optimizer(train.optimizer, learning_rate(train, steps_per_epoch))
+
+
+def build_optimizer(
+    cfg: OptimizerParams, rate: float | LearningRateSchedule
+) -> keras.optimizers.Optimizer:
+    """The optimizer `cfg.name` with its own settings, at `rate`."""
+    return OPTIMIZERS[cfg.name](learning_rate=rate, **cfg.settings())
+
+
+def output_losses(
+    loss_weights: dict[str, float] | None, schema: dict, outputs: list[str]
+) -> tuple[str | dict[str, str], dict[str, float] | None]:
+    """The loss, and for several outputs one per output with `train.loss_weights` (1 each by
+    default), which Keras sums into the loss that is minimized."""
+    loss = loss_and_metrics(schema)[0]
+    if len(outputs) == 1:
+        return loss, None
+    weights = {name: (loss_weights or {}).get(name, 1.0) for name in outputs}
+    return dict.fromkeys(outputs, loss), weights
 
 
 def compile_model(
     model: keras.Model, train: TrainParams, schema: dict, steps_per_epoch: int
 ) -> None:
-    """One loss and metric set per output; several outputs' losses are summed with
-    `train.loss_weights` (1 each by default) into the loss that is minimized."""
-    loss, metrics = loss_and_metrics(schema)
-    loss_weights = None
+    """The optimizer, and a loss and metric set per output (`output_losses`)."""
     outputs = output_names(model)
+    loss, loss_weights = output_losses(train.loss_weights, schema, outputs)
+    metrics = loss_and_metrics(schema)[1]
     if len(outputs) > 1:
-        loss = dict.fromkeys(outputs, loss)
         metrics = {name: loss_and_metrics(schema)[1] for name in outputs}  # own metric objects
-        loss_weights = {name: (train.loss_weights or {}).get(name, 1.0) for name in outputs}
     model.compile(
         optimizer=make_optimizer(train, steps_per_epoch),
         loss=loss,
@@ -266,11 +286,15 @@ class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
 
 def n_rows(x) -> int:
     """Rows of a feature matrix, or of a dict of them."""
-    return len(tf.nest.flatten(x)[0])
+    return int(tf.nest.flatten(x)[0].shape[0])
 
 
 def epoch_batches(
-    arrays: tuple, batch_size: int, seed: int, first_epoch: int, epochs: int
+    arrays: tuple,
+    batch_size: int,
+    seed: int,
+    first_epoch: int,
+    epochs: int,
 ) -> tf.data.Dataset:
     """Batches for epochs first_epoch..epochs-1, each epoch shuffled by (seed, epoch) alone.
 
@@ -281,16 +305,40 @@ def epoch_batches(
     other batches than an uninterrupted one. Seeding each epoch's shuffle by its number makes
     the batches of epoch k the same however the run got there.
     """
-    columns = [tf.constant(a) for a in tf.nest.flatten(arrays)]
+    # tf.data would embed a captured tensor in its graph: another copy of the table. A variable
+    # is captured by reference (features.transform already returns one).
+    columns = tuple(
+        a if isinstance(a, tf.Variable) else tf.Variable(a, trainable=False)
+        for a in tf.nest.flatten(arrays)
+    )
     rows_total = n_rows(arrays)
+    row_bytes = sum(4 * max(1, int(np.prod(c.shape[1:]))) for c in columns)
+    block = max(1, BLOCK_BYTES // (row_bytes * batch_size)) * batch_size
+    nested = any(tf.nest.is_nested(a) for a in arrays)
+
+    def batches_of(rows):
+        # One gather per block of rows, then the block is cut into ready batches: far cheaper
+        # per batch than a gather each, and memory stays at one block.
+        block_columns = tuple(tf.gather(c, rows) for c in columns)
+        n = tf.shape(rows)[0]
+        full = n // batch_size * batch_size
+        heads = tuple(
+            tf.reshape(c[:full], tf.concat([[-1, batch_size], tf.shape(c)[1:]], 0))
+            for c in block_columns
+        )
+        tail = tf.data.Dataset.from_tensors(tuple(c[full:] for c in block_columns))
+        batches = tf.data.Dataset.from_tensor_slices(heads).concatenate(
+            tail.filter(lambda *c: tf.shape(c[0])[0] > 0)
+        )
+        if not nested:
+            return batches
+        # Dicts of inputs or labels were cut as flat columns: give each batch their shape back.
+        return batches.map(lambda *c: tf.nest.pack_sequence_as(arrays, list(c)))
 
     def one_epoch(epoch):
         key = tf.stack([tf.constant(seed, tf.int64), epoch])
         order = tf.random.experimental.stateless_shuffle(tf.range(rows_total, dtype=tf.int64), key)
-        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
-        return batches.map(
-            lambda rows: tf.nest.pack_sequence_as(arrays, [tf.gather(c, rows) for c in columns])
-        )
+        return tf.data.Dataset.from_tensor_slices(order).batch(block).flat_map(batches_of)
 
     return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
 
