@@ -16,7 +16,10 @@ from mlpipe.tables import DataError
 STAGES = [
     ("prepare", ["prepared"]),
     ("build", ["prepared", "untrained", "summary.txt"]),
-    ("lr_find", ["prepared", "untrained", "rate.json", "lr_find.json", "lr.csv", "lr.png"]),
+    (
+        "lr_find",
+        ["prepared", "untrained", "rate.json", "lr_find.json", "lr_find.csv", "lr_find.png"],
+    ),
     (
         "train",
         [

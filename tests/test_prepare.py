@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -259,13 +260,21 @@ BAD_INPUTS = {
 }
 
 
+@pytest.fixture(scope="module")
+def good_outputs(tmp_path_factory):
+    """What prepare writes for a good file: the outputs a bad file must leave in place."""
+    folder = tmp_path_factory.mktemp("good")
+    (folder / "good.csv").write_text(labelled_frame().to_csv(index=False))
+    write_params(folder, source="good.csv", target="label")
+    assert run_stage("prepare", "out", cwd=folder).returncode == 0
+    return folder
+
+
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_file_fails_naming_the_problem_and_keeps_previous_outputs(tmp_path, case):
+def test_bad_file_fails_naming_the_problem_and_keeps_previous_outputs(tmp_path, good_outputs, case):
     text, settings, message = BAD_INPUTS[case]
-    good = tmp_path / "good.csv"
-    good.write_text(labelled_frame().to_csv(index=False))
-    write_params(tmp_path, source="good.csv", target="label")
-    assert run_stage("prepare", "out", cwd=tmp_path).returncode == 0
+    shutil.copy(good_outputs / "good.csv", tmp_path)
+    shutil.copytree(good_outputs / "out", tmp_path / "out")
     before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
 
     (tmp_path / "bad.csv").write_text(text)

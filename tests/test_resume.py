@@ -20,7 +20,7 @@ from conftest import ROOT, stage_env, tiny_params, write_prepared
 from mlpipe import data, models, runtime
 from mlpipe.config import learning_rate_record
 
-EPOCHS = 6
+EPOCHS = 40  # long enough that the run is still going when the signal arrives
 ARGS = ["model", "train.json", "--dvclive", "live", "--tensorboard", "tb"]
 ARGS += ["--learning-rate", "learning_rate.json"]
 
