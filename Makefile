@@ -17,7 +17,8 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 SPEC ?= sweeps/learning_rate.yaml
 JOBS ?= 1
 
-.PHONY: help venv repro report readme-results test lint format dag bench sweep clean
+.PHONY: help venv repro example examples report readme-results test lint format dag bench sweep
+.PHONY: clean
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
@@ -26,6 +27,16 @@ venv: $(VENV)/.installed ## create .venv with the pinned dependencies
 repro: venv ## run the pipeline (dvc repro; only changed stages run), then readme-results
 	$(BIN)/dvc repro
 	$(BIN)/mlpipe readme-results
+
+example: venv ## record example NAME as a DVC experiment (dvc exp run -n NAME -S ...)
+	@test -f "examples/$(NAME).yaml" || { echo "usage: make example NAME=<name>; names:"; \
+		$(MAKE) -s examples; exit 2; }
+	args="$$($(BIN)/mlpipe preset-args examples/$(NAME).yaml)" && \
+		eval "$(BIN)/dvc exp run -n $(NAME) $$args"
+
+examples: ## list the example presets (examples/<name>.yaml) that `make example` runs
+	@for f in examples/*.yaml; do \
+		printf "  %-22s %s\n" "$$(basename $$f .yaml)" "$$(sed -n '1s/^# *//p' $$f)"; done
 
 report: venv ## report.md: params, metrics and plots changed against BASE (default main)
 	$(BIN)/mlpipe report --base $(BASE) --out report.md

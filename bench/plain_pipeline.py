@@ -25,15 +25,16 @@ def main(repo: Path) -> None:
     training.compile_model(model, params.train, schema, steps)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        dirs = training.RunDirs(out / "best.keras", out / "tb", out / "live", out / "backup")
+        dirs = training.RunDirs(out / "best.weights.h5", out / "tb", out / "live", out / "backup")
         training.fit(model, params.train, xy, dirs, params.seed, "plain")
-        best = models.compose(preprocessor, models.load_model(dirs.checkpoint))
-        models.save_model(best, out / "model.keras")
+        model.load_weights(dirs.checkpoint)
+        best = models.compose(preprocessor, model)
+        models.save_model_folder(best, out / "model")
         inputs, y_test = data.inputs_and_target(splits["test"], schema)
         raw = features.predict(best, inputs, params.evaluate.batch_size)
         print(metrics.score(schema, y_test, raw))
         (out / "export").mkdir()
-        export.write_formats(out / "model.keras", best, params.export, out / "export")
+        export.write_formats(best, params.export, out / "export")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,9 @@ def train_and_score(frame: pd.DataFrame, class_weight, seed: int = 0) -> dict:
     training.compile_model(model, params.train, schema, steps)
     weights = training.class_weights(params.train, schema, xy["train"][1])
     with tempfile.TemporaryDirectory() as tmp:
-        dirs = training.RunDirs(*(Path(tmp, name) for name in ("best.keras", "tb", "live", "bk")))
+        dirs = training.RunDirs(
+            *(Path(tmp, name) for name in ("best.weights.h5", "tb", "live", "bk"))
+        )
         training.fit(model, params.train, xy, dirs, seed, "demo", class_weight=weights)
     x_test, y_test = xy["test"]
     predicted = (model.predict(x_test, verbose=0)[:, 0] > 0.5).astype(int)

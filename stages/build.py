@@ -1,10 +1,14 @@
-"""Build: the untrained model: preprocessing learned on the training split, then the MLP.
+"""Build: the untrained model: preprocessing learned on the training split, then the network
+in the Keras API of `model.api` (Sequential, Functional Wide & Deep, or the subclass).
 
 The model takes raw named columns. Numeric ones are imputed with training medians, standardized
 and clipped; categorical ones are one-hot encoded, with a bucket for values unseen in training.
+A Wide & Deep network gets one such encoding per path.
 
 Reads:  <prepared>/train.parquet, <prepared>/schema.json.
-Writes: <model> (.keras) and <summary> (inputs, layers, output shapes, parameter counts).
+Writes: <model> (a model folder: model.keras, or for the subclass preprocess.keras,
+        core.weights.h5 and core.json) and <summary> (inputs, layers, output shapes, parameter
+        counts).
 Params: seed, model.
 """
 
@@ -21,7 +25,7 @@ log = logging.getLogger("mlpipe.build")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("prepared", type=Path, help="folder written by the prepare stage")
-    parser.add_argument("model", type=Path, help="where to write the untrained .keras model")
+    parser.add_argument("model", type=Path, help="folder to write the untrained model into")
     parser.add_argument("summary", type=Path, help="where to write the model summary")
     args = parser.parse_args()
     params = load_params()
@@ -38,7 +42,7 @@ def main() -> None:
     model = models.build_model(params.model, schema, train)
     summary = models.summary_text(model)
     log.info("built %s with %d parameters", model.name, model.count_params())
-    models.save_model(model, args.model)
+    models.save_model_folder(model, args.model)
     io.write_text(args.summary, summary)
 
 

@@ -1,11 +1,14 @@
 """Evaluate: score the trained model and the baselines, draw the plots, apply the quality gate.
 
-Reads:  <prepared>/{train,valid,test}.parquet and schema.json, <model> (.keras), and the DVCLive
-        curves of training under --training.
+Reads:  <prepared>/{train,valid,test}.parquet and schema.json, <model> (model folder), and the
+        DVCLive curves of training under --training.
 Writes: <metrics> (test metrics at the top level, the validation split's under `valid`, the
-        scikit-learn baselines' under `baseline`) and <plots>/ (CSV data of the DVC plots of
-        the test split, and PNG versions of the charts that apply to the task).
-Params: evaluate. The gate (evaluate.thresholds) is checked after the metrics are written.
+        scikit-learn baselines' under `baseline`; for a model with several outputs, the bare
+        names are the main output's, and `loss` (the weighted total) and `outputs.<name>` are
+        added) and <plots>/ (CSV data of the DVC plots of the test split, and PNG versions of
+        the charts that apply to the task).
+Params: evaluate, train.loss_weights (to add up the outputs' losses). The gate
+        (evaluate.thresholds) is checked after the metrics are written.
 """
 
 import argparse
@@ -22,7 +25,7 @@ SPLITS = ("valid", "test")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("prepared", type=Path, help="folder written by the prepare stage")
-    parser.add_argument("model", type=Path, help="trained .keras model")
+    parser.add_argument("model", type=Path, help="trained model folder")
     parser.add_argument("metrics", type=Path, help="where to write the metrics JSON")
     parser.add_argument("plots", type=Path, help="folder to write plot data and PNGs into")
     parser.add_argument("--training", type=Path, help="DVCLive folder of the train stage")
@@ -36,15 +39,22 @@ def main() -> None:
 
     from mlpipe import features, models
 
-    # Predict: raw columns in, as in serving
-    model = models.load_model(args.model)
-    y, raw = {}, {}
+    # Predict: raw columns in, as in serving. `raw` is the main output's predictions.
+    model = models.load_model_folder(args.model)
+    y, outputs, raw = {}, {}, {}
     for name in SPLITS:
         inputs, y[name] = data.inputs_and_target(splits[name], schema)
-        raw[name] = features.predict(model, inputs, params.evaluate.batch_size)
+        outputs[name] = features.predict(model, inputs, params.evaluate.batch_size)
+        raw[name] = models.main_output(outputs[name])
 
-    # Score the model, then the baselines on the same splits
-    scores = metrics.by_split({name: metrics.score(schema, y[name], raw[name]) for name in SPLITS})
+    # Score the model (every output, when it has several), then the baselines on the same splits
+    split_scores = {name: metrics.score(schema, y[name], raw[name]) for name in SPLITS}
+    if isinstance(outputs["test"], dict):
+        for name in SPLITS:
+            split_scores[name] |= metrics.output_scores(
+                schema, y[name], outputs[name], params.train.loss_weights
+            )
+    scores = metrics.by_split(split_scores)
     log.info("test: %s", " ".join(f"{k}={scores[k]}" for k in metrics.metric_names(schema["task"])))
     if params.evaluate.baselines:
         columns = data.feature_names(schema)

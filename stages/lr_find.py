@@ -7,11 +7,11 @@ it, stop once it explodes, and suggest a rate by lr_find.rule. The weights are t
 With a number as the rate the test is skipped and TensorFlow never loaded: the record holds that
 number whatever lr_find's params are, so changing them cannot retrain.
 
-Reads:  <prepared>/train.parquet, <prepared>/schema.json, <untrained> (.keras).
+Reads:  <prepared>/train.parquet, <prepared>/schema.json, <untrained> (model folder).
 Writes: <record> (the rate train uses and its source), <metrics> (the suggestion, the rule, the
         range covered, steps run, loss landmarks), <curve> (rate, loss, smoothed loss per step:
         the data of a DVC plot; only a header when skipped), <png> (the same curve).
-Params: seed, lr_find, train.optimizer, train.batch_size.
+Params: seed, lr_find, train.optimizer, train.batch_size, train.loss_weights.
 """
 
 import argparse
@@ -51,20 +51,25 @@ def main() -> None:
         # Data: the training split, as train sees it
         schema = data.read_schema(args.prepared)
         frame = data.read_splits(args.prepared, ("train",))["train"]
-        preprocessor, model = models.split_model(models.load_model(args.untrained))
-        x = features.transform(preprocessor, frame, schema).numpy()
+        preprocessor, model = models.split_model(models.load_model_folder(args.untrained))
+        outputs = models.output_names(model)
+        training.check_loss_weights(params.train.loss_weights, outputs)
+        x = features.to_numpy(features.transform(preprocessor, frame, schema))
         y = data.encode_target(frame[schema["target"]], schema)
+        x, y = training.label_outputs({"train": (x, y)}, outputs)["train"]
+        loss, loss_weights = training.output_losses(params.train.loss_weights, schema, outputs)
 
         # The range test, on a copy of the untrained MLP that is then thrown away
         runtime.seed_everything(params.seed)
         batch_size = params.train.batch_size
-        steps = lr_find.epoch_steps(len(x), batch_size) if cfg.steps == "epoch" else cfg.steps
+        steps = lr_find.epoch_steps(len(frame), batch_size) if cfg.steps == "epoch" else cfg.steps
         result = lr_find.range_test(
             model,
             x,
             y,
             optimizer=training.build_optimizer(optimizer, cfg.min_lr),
-            loss=training.loss_and_metrics(schema)[0],
+            loss=loss,
+            loss_weights=loss_weights,
             min_lr=cfg.min_lr,
             max_lr=cfg.max_lr,
             steps=steps,

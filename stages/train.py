@@ -1,14 +1,15 @@
 """Train: fit the built model with checkpointing, early stopping, TensorBoard and DVCLive.
 
 The model's preprocessing part was learned in `build` and stays fixed: it turns each split
-into a feature matrix once, and only the MLP behind it is trained.
+into a feature matrix (one per path for Wide & Deep) once, and only the network behind it is
+trained. A network with several outputs gets the labels at each, and `train.loss_weights`.
 
 A loss that becomes NaN or infinite fails the stage (exit 2) and saves no model.
 
-Reads:  <prepared>/{train,valid}.parquet, <prepared>/schema.json, <untrained> (.keras),
+Reads:  <prepared>/{train,valid}.parquet, <prepared>/schema.json, <untrained> (model folder),
         <learning rate> (the lr_find stage's record: the suggestion under `auto`, else a check).
-Writes: <model> (the best epoch's .keras), <metrics> (epochs run, best epoch, best validation
-        value, seconds), per-epoch curves under <dvclive>, TensorBoard logs under
+Writes: <model> (model folder of the best epoch), <metrics> (epochs run, best epoch, best
+        validation value, seconds), per-epoch curves under <dvclive>, TensorBoard logs under
         <tensorboard>/<experiment name or "workspace">. While it runs, a backup beside <model>
         (`.<name>.backup/`) lets a killed run resume; it is removed when training completes.
 Params: seed, train.
@@ -30,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("prepared", type=Path, help="folder written by the prepare stage")
     parser.add_argument("untrained", type=Path, help="model written by the build stage")
-    parser.add_argument("model", type=Path, help="where to write the trained .keras model")
+    parser.add_argument("model", type=Path, help="folder to write the trained model into")
     parser.add_argument("metrics", type=Path, help="where to write the training summary JSON")
     parser.add_argument("--dvclive", type=Path, required=True, help="DVCLive folder")
     parser.add_argument("--tensorboard", type=Path, required=True, help="TensorBoard root")
@@ -43,32 +44,36 @@ def main() -> None:
 
     from mlpipe import callbacks, features, models, runtime, training
 
-    # Data
+    # Model, and the checks of params against it that Keras would only fail on mid-fit
     schema = data.read_schema(args.prepared)
-    training.check_monitor(params.train, schema)
+    runtime.seed_everything(params.seed)
+    preprocessor, model = models.split_model(models.load_model_folder(args.untrained))
+    outputs = models.output_names(model)
+    training.check_monitor(params.train, schema, outputs)
+    training.check_loss_weights(params.train.loss_weights, outputs)
+    training.check_weighting(params.train, schema, model)
+
+    # Data: features computed once per split, labels fed to every output
     splits = data.read_splits(args.prepared, ("train", "valid"))
     sample_weight = data.sample_weights(splits["train"], schema)
-
-    # Model, and the weighting checks Keras would only fail on mid-fit
-    runtime.seed_everything(params.seed)
-    preprocessor, model = models.split_model(models.load_model(args.untrained))
     xy = features.matrices(preprocessor, splits, schema)
     del splits  # the feature tensors are all training needs from here: free the tables
-    training.check_weighting(params.train, schema, model)
     class_weight = training.class_weights(params.train, schema, xy["train"][1])
     steps_per_epoch = training.steps(len(xy["train"][1]), params.train.batch_size)
+    xy = training.label_outputs(xy, outputs)
     training.compile_model(model, params.train, schema, steps_per_epoch)
 
     # Train. The checkpoint and the backup live beside the outputs, where DVC does not delete
     # them before a rerun: an interrupted run resumes, and the model is replaced only on success.
     run_name = os.environ.get("DVC_EXP_NAME") or "workspace"
     dirs = training.RunDirs(
-        checkpoint=args.model.with_name(f".{args.model.stem}.checkpoint.keras"),
+        checkpoint=args.model.with_name(f".{args.model.name}.checkpoint.weights.h5"),
         tensorboard=args.tensorboard / run_name,
         dvclive=args.dvclive,
-        backup=args.model.with_name(f".{args.model.stem}.backup"),
+        backup=args.model.with_name(f".{args.model.name}.backup"),
     )
-    inputs = [args.untrained] + [args.prepared / f"{name}.parquet" for name in xy]
+    inputs = sorted(p for p in args.untrained.rglob("*") if p.is_file())
+    inputs += [args.prepared / f"{name}.parquet" for name in xy]
     fingerprint = training.fingerprint(params, inputs)
     try:
         summary = training.fit(
@@ -81,9 +86,9 @@ def main() -> None:
     except KeyboardInterrupt:
         log.warning("rerun to resume from the last completed epoch, kept in %s", dirs.backup)
         raise
-    # The best epoch's MLP behind the unchanged preprocessing: one model from raw columns.
-    best = models.compose(preprocessor, models.load_model(dirs.checkpoint))
-    models.save_model(best, args.model)
+    # The best epoch's network behind the unchanged preprocessing: one model from raw columns.
+    model.load_weights(dirs.checkpoint)
+    models.save_model_folder(models.compose(preprocessor, model), args.model)
     dirs.checkpoint.unlink()
     log.info(
         "best epoch %d of %d: %s=%.4f",

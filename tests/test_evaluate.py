@@ -114,7 +114,7 @@ def stage_dir(prepared_dir, tmp_path):
     schema = data.read_schema(prepared_dir)
     train = data.read_splits(prepared_dir)["train"]
     params = tiny_params()
-    models.save_model(models.build_model(params.model, schema, train), tmp_path / "m.keras")
+    models.save_model_folder(models.build_model(params.model, schema, train), tmp_path / "m")
     for split, names in {"train": ("loss", "accuracy"), "eval": ("loss", "accuracy")}.items():
         folder = tmp_path / "live" / "plots" / "metrics" / split
         folder.mkdir(parents=True)
@@ -131,7 +131,7 @@ def write_params(folder, **evaluate):
 def test_stage_writes_metrics_and_plots_then_gate_fails(prepared_dir, stage_dir):
     # An untrained model cannot reach 0.99 accuracy: the gate fails, after writing everything.
     write_params(stage_dir, thresholds={"accuracy": 0.99, "log_loss": 100.0})
-    args = [str(prepared_dir), "m.keras", "evaluate.json", "plots", "--training", "live"]
+    args = [str(prepared_dir), "m", "evaluate.json", "plots", "--training", "live"]
     result = run_stage("evaluate", *args, cwd=stage_dir)
     assert result.returncode == 2, result.stderr
     scores = json.loads((stage_dir / "evaluate.json").read_text())
@@ -169,7 +169,7 @@ def test_stage_writes_metrics_and_plots_then_gate_fails(prepared_dir, stage_dir)
 
 def test_stage_rejects_an_unknown_threshold_before_scoring(prepared_dir, stage_dir):
     write_params(stage_dir, thresholds={"rmse": 0.5})
-    args = [str(prepared_dir), "missing.keras", "evaluate.json", "plots"]
+    args = [str(prepared_dir), "missing", "evaluate.json", "plots"]
     result = run_stage("evaluate", *args, cwd=stage_dir)
     assert result.returncode == 2
     assert "evaluate.thresholds: `rmse` is not a classification metric" in result.stderr

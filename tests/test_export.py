@@ -17,14 +17,12 @@ def exported(prepared_dir, tmp_path):
     train = data.read_splits(prepared_dir)["train"]
     inputs = data.model_inputs(train.head(64), schema)
     model = models.build_model(params.model, schema, train)
-    model_file = tmp_path / "model.keras"
-    models.save_model(model, model_file)
     out = tmp_path / "export"
     with io.atomic_dir(out) as tmp:
-        export.write_formats(model_file, model, params.export, tmp, inputs)
+        export.write_formats(model, params.export, tmp, inputs)
         io.write_json(
             tmp / export.METADATA_FILE,
-            export.metadata(schema, params, prepared_dir / "train.parquet"),
+            export.metadata(schema, params, prepared_dir / "train.parquet", model),
         )
     return model, out, schema, inputs
 
@@ -73,9 +71,8 @@ def test_formats_param_limits_what_is_written(prepared_dir, tmp_path):
     params = tiny_params(export={"formats": ["keras"]})
     schema = data.read_schema(prepared_dir)
     model = models.build_model(params.model, schema, data.read_splits(prepared_dir)["train"])
-    models.save_model(model, tmp_path / "m.keras")
     (tmp_path / "out").mkdir()
-    export.write_formats(tmp_path / "m.keras", model, params.export, tmp_path / "out")
+    export.write_formats(model, params.export, tmp_path / "out")
     assert [p.name for p in (tmp_path / "out").iterdir()] == [export.KERAS_FILE]
 
 

@@ -173,7 +173,7 @@ def test_stage_with_a_number_skips_the_test_without_tensorflow(tmp_path, prepare
     fake = tmp_path / "fake"
     (fake / "tensorflow").mkdir(parents=True)
     (fake / "tensorflow" / "__init__.py").write_text("raise ImportError('not here')\n")
-    untrained = tmp_path / "absent.keras"  # not read either
+    untrained = tmp_path / "absent"  # not read either
     first = run_lr_find(tmp_path, prepared_dir, untrained, pythonpath=[fake])
     assert json.loads(first["learning_rate.json"]) == {"learning_rate": 0.001, "source": "params"}
     assert json.loads(first["lr_find.json"])["range_test"] is False
@@ -186,8 +186,9 @@ def test_stage_with_auto_records_its_suggestion_reproducibly(tmp_path, prepared_
     from mlpipe import models
 
     splits, schema = digits
-    untrained = tmp_path / "untrained.keras"
-    models.save_model(models.build_model(tiny_params().model, schema, splits["train"]), untrained)
+    untrained = tmp_path / "untrained"
+    model = models.build_model(tiny_params().model, schema, splits["train"])
+    models.save_model_folder(model, untrained)
     auto = {"optimizer": {"learning_rate": "auto"}}
     first = run_lr_find(tmp_path, prepared_dir, untrained, train=auto)
     summary = json.loads(first["lr_find.json"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -68,7 +69,7 @@ def test_committed_metrics_and_plots_show_without_running(clone):
     # 3 training charts, 2 validation metrics (loss, accuracy), 7 of the test split, of which
     # the 2 for regression are empty, and the learning-rate range test
     assert page.count("vegaEmbed(") == 13
-    assert not (clone / "models" / "model.keras").exists()
+    assert not (clone / "models" / "model").exists()
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +180,7 @@ def test_diverging_run_fails_and_records_nothing(tiny):
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert re.search(r"loss became nan at epoch 1, batch(es)? [\d-]+ ", output)
-    assert not (tiny / "models/model.keras").exists()
+    assert not (tiny / "models/model").exists()
     assert not list((tiny / "models").glob(".model.*"))  # no checkpoint, no backup
     assert train_lock(tiny) == lock
 
@@ -224,3 +225,28 @@ def test_killed_repro_resumes_and_ends_as_an_uninterrupted_run(tiny):
     assert summary["epochs_run"] == epochs and summary["resumed_from_epoch"] >= 1
     assert (tiny / "metrics/evaluate.json").read_bytes() == expected
     assert not (tiny / "models/.model.backup").exists()
+
+
+def test_an_example_preset_runs_as_a_named_experiment(tiny):
+    """What `make example NAME=california_wide_deep` runs, cut to 2 epochs: the experiment's
+    params.yaml records the preset, and its metrics list both outputs."""
+    preset = run(
+        [sys.executable, "-m", "mlpipe.cli", "preset-args", "examples/california_wide_deep.yaml"],
+        cwd=tiny,
+    )
+    quick = ["train.epochs=2", "~evaluate.thresholds", "+evaluate.thresholds={}"]
+    quick += ["evaluate.baselines=false"]
+    command = ["dvc", "exp", "run", "-n", "wide_deep_quick", *shlex.split(preset.stdout)]
+    try:
+        result = run([*command, *(arg for q in quick for arg in ("-S", q))], cwd=tiny)
+        assert stages_run(result) == STAGES
+        params = yaml.safe_load((tiny / "params.yaml").read_text())
+        assert params["model"]["api"] == "functional" and params["model"]["aux_output"] is True
+        assert params["train"]["loss_weights"] == {"main": 0.9, "aux": 0.1}
+        scores = json.loads((tiny / "metrics/evaluate.json").read_text())
+        assert set(scores["outputs"]) == {"main", "aux"}
+        assert scores["rmse"] == scores["outputs"]["main"]["rmse"] < 1.5
+        shown = run(["dvc", "exp", "show", "--csv"], cwd=tiny).stdout
+        assert "wide_deep_quick" in shown and "functional" in shown
+    finally:
+        run(["git", "checkout", "--", "params.yaml"], cwd=tiny)

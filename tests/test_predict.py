@@ -15,20 +15,20 @@ from mlpipe.tables import DataError
 
 STAGES = [
     ("prepare", ["prepared"]),
-    ("build", ["prepared", "untrained.keras", "summary.txt"]),
+    ("build", ["prepared", "untrained", "summary.txt"]),
     (
         "lr_find",
-        ["prepared", "untrained.keras", "rate.json", "lr_find.json", "lr_find.csv", "lr_find.png"],
+        ["prepared", "untrained", "rate.json", "lr_find.json", "lr_find.csv", "lr_find.png"],
     ),
     (
         "train",
         [
-            *("prepared", "untrained.keras", "model.keras", "train.json"),
+            *("prepared", "untrained", "model", "train.json"),
             *("--dvclive", "live", "--tensorboard", "tb", "--learning-rate", "rate.json"),
         ],
     ),
-    ("evaluate", ["prepared", "model.keras", "evaluate.json", "plots"]),
-    ("export", ["prepared", "model.keras", "export"]),
+    ("evaluate", ["prepared", "model", "evaluate.json", "plots"]),
+    ("export", ["prepared", "model", "export"]),
 ]
 
 
@@ -107,7 +107,7 @@ def test_predict_on_the_test_rows_equals_the_evaluate_stage(project):
     assert out["customer"].tolist() == test["customer"].tolist()
     evaluated = pd.read_csv(project / "plots" / "confusion.csv")
     assert out["prediction"].tolist() == evaluated["predicted"].tolist()
-    model = models.load_model(project / "model.keras")
+    model = models.load_model_folder(project / "model")
     proba = features.predict(
         model, data.model_inputs(test, data.read_schema(project / "prepared")), 64
     )
@@ -153,7 +153,7 @@ def test_input_problems_name_the_column_and_row_and_write_nothing(project, tmp_p
 
 
 def test_a_bare_keras_file_predicts_with_features_read_off_the_model(project, tmp_path):
-    (tmp_path / "model.keras").write_bytes((project / "model.keras").read_bytes())
+    (tmp_path / "model.keras").write_bytes((project / "model" / "model.keras").read_bytes())
     model, meta = predict.load(tmp_path / "model.keras")
     assert [f["name"] for f in meta["features"]] == ["age", "monthly_fee", "city", "plan"]
     assert meta["classes"] == [0, 1]

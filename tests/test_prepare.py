@@ -193,6 +193,20 @@ def test_file_source_is_described_with_kinds_and_roles(tmp_path):
     assert sum(map(len, splits.values())) == 60
 
 
+def test_target_scale_divides_a_regression_target_and_is_recorded(tmp_path):
+    frame = pd.DataFrame({"x": np.arange(50.0), "price": np.arange(50.0) * 100_000 + 50_000})
+    params = DataParams(target="price", target_scale=100_000)
+    splits, schema = data.prepare(frame, None, params, seed=0)
+    assert schema["target_scale"] == 100_000 and schema["task"] == "regression"
+    for part in splits.values():
+        np.testing.assert_allclose(part["price"], part["x"] + 0.5)
+    test = frame.head(5)  # a separate test file is divided too
+    parts, _ = data.prepare(frame, None, params, seed=0, test=test)
+    np.testing.assert_allclose(parts["test"]["price"], [0.5, 1.5, 2.5, 3.5, 4.5])
+    with pytest.raises(data.DataError, match=r"data\.target_scale divides a regression target"):
+        data.prepare(labelled_frame(), None, DataParams(target="label", target_scale=10), seed=0)
+
+
 def test_features_include_and_exclude(tmp_path):
     frame = labelled_frame().assign(z=1.0)
     only = DataParams(target="label", features={"include": ["x"]})

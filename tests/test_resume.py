@@ -21,7 +21,7 @@ from mlpipe import data, models, runtime
 from mlpipe.config import learning_rate_record
 
 EPOCHS = 40  # long enough that the run is still going when the signal arrives
-ARGS = ["model.keras", "train.json", "--dvclive", "live", "--tensorboard", "tb"]
+ARGS = ["model", "train.json", "--dvclive", "live", "--tensorboard", "tb"]
 ARGS += ["--learning-rate", "learning_rate.json"]
 
 
@@ -36,13 +36,13 @@ def setup_run(folder, prepared_dir, **train):
     train = data.read_splits(prepared_dir)["train"]
     runtime.seed_everything(params.seed)  # both runs of a comparison start from the same model
     model = models.build_model(params.model, schema, train)
-    models.save_model(model, folder / "untrained.keras")
+    models.save_model_folder(model, folder / "untrained")
     return folder
 
 
 def command(prepared_dir):
     script = str(ROOT / "stages/train.py")
-    return [sys.executable, script, str(prepared_dir), "untrained.keras", *ARGS]
+    return [sys.executable, script, str(prepared_dir), "untrained", *ARGS]
 
 
 def train(folder, prepared_dir) -> subprocess.CompletedProcess:
@@ -79,7 +79,7 @@ def outcome(folder):
         path.relative_to(folder / "live").as_posix(): pd.read_csv(path, sep="\t")
         for path in sorted((folder / "live").rglob("*.tsv"))
     }
-    return summary, curves, keras.models.load_model(folder / "model.keras")
+    return summary, curves, models.load_model_folder(folder / "model")
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(
     folder = setup_run(tmp_path / "run", module_prepared)
     train_until(folder, module_prepared, epoch=3, sig=sig)
     assert (folder / ".model.backup").is_dir()
-    assert not (folder / "model.keras").exists()
+    assert not (folder / "model").exists()
 
     result = train(folder, module_prepared)
     assert result.returncode == 0, result.stderr

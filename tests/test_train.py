@@ -1,6 +1,5 @@
 import json
 
-import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,17 +20,17 @@ def fit_tiny(digits, tmp_path, **train):
     steps = training.steps(len(xy["train"][1]), params.train.batch_size)
     training.compile_model(model, params.train, schema, steps)
     dirs = training.RunDirs(
-        tmp_path / "best.keras", tmp_path / "tb", tmp_path / "live", tmp_path / "backup"
+        tmp_path / "best.weights.h5", tmp_path / "tb", tmp_path / "live", tmp_path / "backup"
     )
     summary = training.fit(model, params.train, xy, dirs, params.seed, "tiny")
     return model, summary, dirs, xy
 
 
 def test_fit_learns_and_writes_checkpoint_and_curves(digits, tmp_path):
-    _, summary, dirs, xy = fit_tiny(digits, tmp_path)
+    best, summary, dirs, xy = fit_tiny(digits, tmp_path)
     assert summary["monitor"] == "val_loss"
     assert 1 <= summary["best_epoch"] <= summary["epochs_run"] <= 4
-    best = keras.models.load_model(dirs.checkpoint)
+    best.load_weights(dirs.checkpoint)
     x_valid, y_valid = xy["valid"]
     accuracy = (best.predict(x_valid, verbose=0).argmax(axis=1) == y_valid).mean()
     assert accuracy > 0.85
@@ -95,11 +94,11 @@ def test_binary_and_regression_losses():
 
 def test_stage_replaces_model_only_when_training_succeeds(prepared_dir, tmp_path):
     (tmp_path / "params.yaml").write_text(json.dumps({**tiny_params().model_dump(mode="json")}))
-    untrained = tmp_path / "untrained.keras"
+    untrained = tmp_path / "untrained"
     schema = data.read_schema(prepared_dir)
     train = data.read_splits(prepared_dir)["train"]
-    models.save_model(models.build_model(tiny_params().model, schema, train), untrained)
-    args = [str(prepared_dir), str(untrained), "model.keras", "train.json"]
+    models.save_model_folder(models.build_model(tiny_params().model, schema, train), untrained)
+    args = [str(prepared_dir), str(untrained), "model", "train.json"]
     args += ["--dvclive", "live", "--tensorboard", "tb", "--learning-rate", "rate.json"]
     record = learning_rate_record(tiny_params().train.optimizer, None)
     (tmp_path / "rate.json").write_text(json.dumps(record))
@@ -114,18 +113,18 @@ def test_stage_replaces_model_only_when_training_succeeds(prepared_dir, tmp_path
         "train_seconds",
         "resumed_from_epoch",
     }
-    assert (tmp_path / "model.keras").is_file()
+    assert [p.name for p in (tmp_path / "model").iterdir()] == ["model.keras"]
     assert not list(tmp_path.glob(".*checkpoint*"))
     assert (tmp_path / "tb" / "workspace").is_dir()
 
     # A bad monitor fails before training and leaves the previous model in place.
-    before = (tmp_path / "model.keras").read_bytes()
+    before = (tmp_path / "model" / "model.keras").read_bytes()
     bad = tiny_params(train={"monitor": "val_rmse"}).model_dump(mode="json")
     (tmp_path / "params.yaml").write_text(json.dumps(bad))
     result = run_stage("train", *args, cwd=tmp_path)
     assert result.returncode == 2
     assert "train.monitor" in result.stderr and "Traceback" not in result.stderr
-    assert (tmp_path / "model.keras").read_bytes() == before
+    assert (tmp_path / "model" / "model.keras").read_bytes() == before
     assert np.isfinite(summary["best_monitor_value"])
 
 

@@ -45,6 +45,14 @@ def _predict(args: argparse.Namespace) -> None:
     print(f"{args.output}: {rows} predictions")
 
 
+def _preset_args(args: argparse.Namespace) -> None:
+    import shlex
+
+    from mlpipe import presets
+
+    print(shlex.join(presets.preset_args(args.preset, args.file)))
+
+
 def _report(args: argparse.Namespace) -> None:
     from mlpipe import report
 
@@ -110,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--chunk-rows", type=int, default=100_000, help="rows read at a time (bounds memory)"
     )
+    sub = commands.add_parser(
+        "preset-args",
+        help="print the `dvc exp run -S` arguments that apply a preset (examples/<name>.yaml)",
+    )
+    sub.add_argument("preset", type=Path, help="YAML file of the params that differ")
+    sub.add_argument("--file", default=DEFAULT_PARAMS_FILE, help="params file it applies to")
+    sub.set_defaults(func=_preset_args)
+
     sub = commands.add_parser(
         "report", help="write a Markdown report of what the working tree changed against a ref"
     )

@@ -95,6 +95,12 @@ class DataParams(Section):
         None, description="Per-row sample weight column; never used as a feature."
     )
     csv: CsvParams = CsvParams()
+    target_scale: float | None = Field(
+        None,
+        gt=0,
+        description="Regression only: divide the target by this in prepare; predictions are in "
+        "the divided unit.",
+    )
     test_size: Fraction = 0.2
     valid_size: Fraction = 0.1
 
@@ -116,6 +122,11 @@ class DataParams(Section):
 
 
 class ModelParams(Section):
+    api: Literal["sequential", "functional", "subclass"] = Field(
+        "sequential",
+        description="Keras API the network is built with: a Sequential stack, a Functional "
+        "Wide & Deep network, or the WideAndDeepModel subclass.",
+    )
     hidden_units: list[Annotated[int, Field(gt=0)]] = Field([300, 100], min_length=1)
     activation: Literal[
         "relu", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "tanh", "sigmoid"
@@ -136,6 +147,46 @@ class ModelParams(Section):
     dropout: float = Field(0.0, ge=0, lt=1)
     batch_norm: bool = False
     l2: float = Field(0.0, ge=0, description="L2 penalty on the hidden layers' kernels.")
+    wide_columns: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="functional, subclass: features of the wide path; null: all.",
+    )
+    deep_columns: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="functional, subclass: features of the deep path; null: all.",
+    )
+    aux_output: bool = Field(
+        False, description="functional, subclass: an auxiliary output on the deep path."
+    )
+    residual_blocks: int = Field(
+        0, ge=0, description="subclass: residual blocks after the hidden layers, looped in call()."
+    )
+
+    @model_validator(mode="after")
+    def _settings_of_the_api(self) -> ModelParams:
+        if self.api == "sequential":
+            used = [
+                f"{name}: {value}"
+                for name, value in (
+                    ("wide_columns", self.wide_columns),
+                    ("deep_columns", self.deep_columns),
+                    ("aux_output", self.aux_output),
+                )
+                if value
+            ]
+            if used:
+                raise ValueError(
+                    f"{', '.join(used)} apply to api functional or subclass; a Sequential stack "
+                    "has one input and one output. Set api, or reset them to null/false"
+                )
+        if self.residual_blocks and self.api != "subclass":
+            raise ValueError(
+                f"residual_blocks: {self.residual_blocks} applies to api subclass, whose call() "
+                "loops over them; set it to 0 or api to subclass"
+            )
+        return self
 
 
 class SGDParams(Section):
@@ -266,6 +317,11 @@ class TrainParams(Section):
     )
     class_weight: ClassWeight = Field(
         None, description="null, `balanced`, or a mapping from class label to weight."
+    )
+    loss_weights: dict[str, Annotated[float, Field(ge=0)]] | None = Field(
+        None,
+        description="Weight of each output's loss in the total, e.g. {main: 0.9, aux: 0.1}; "
+        "null: 1 each. For models with several outputs.",
     )
     optimizer: OptimizerParams = OptimizerParams()
     lr_schedule: LRScheduleParams = LRScheduleParams()

@@ -246,6 +246,7 @@ def make_schema(
         "classes": None,
         "id_column": data.id_column,
         "weight_column": data.weight_column,
+        "target_scale": data.target_scale,
     }
     if task == "classification":
         schema["classes"] = [plain(v) for v in sorted(frame[target].unique())]
@@ -325,7 +326,21 @@ def prepare(
     schema = make_schema(frame, target, task, data, features)
     if test is not None:
         test = align_test(test, frame, schema, data)
+    if data.target_scale is not None:
+        frame = scale_target(frame, schema, data)
+        test = None if test is None else scale_target(test, schema, data)
     return split_frame(frame, target, task, data, seed, test), schema
+
+
+def scale_target(frame: pd.DataFrame, schema: dict, data: DataParams) -> pd.DataFrame:
+    """The regression target divided by `data.target_scale` (e.g. dollars to 100,000s)."""
+    if schema["task"] != "regression":
+        raise DataError(
+            f"data.target_scale divides a regression target; `{schema['target']}` is a "
+            "classification target here. Set data.target_scale to null."
+        )
+    target = schema["target"]
+    return frame.assign(**{target: frame[target].astype(np.float64) / data.target_scale})
 
 
 # Warnings: suspicious, not fatal

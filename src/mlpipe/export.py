@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import platform
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from mlpipe import MlpipeError
 from mlpipe.config import ExportParams, Params, params_hash
 from mlpipe.features import feature_summary
 from mlpipe.io import file_sha256
+from mlpipe.models import main_output, output_names, save_model, split_model
 
 KERAS_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
@@ -54,14 +54,17 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def metadata(schema: dict, params: Params, train_file: Path) -> dict:
-    """What serving needs besides the model (features, how to read files, classes) and where
-    the model came from."""
+def metadata(schema: dict, params: Params, train_file: Path, model: keras.Model) -> dict:
+    """What serving needs besides the model (features, how to read files, classes, outputs)
+    and where the model came from."""
     return {
         "features": feature_summary(schema, pd.read_parquet(train_file)),
         "target": schema["target"],
+        "target_scale": schema.get("target_scale"),
         "task": schema["task"],
         "classes": schema["classes"],
+        "api": params.model.api,
+        "outputs": output_names(split_model(model)[1]),
         "id_column": schema.get("id_column"),
         "csv": params.data.csv.model_dump(),
         "formats": list(params.export.formats)
@@ -76,18 +79,18 @@ def metadata(schema: dict, params: Params, train_file: Path) -> dict:
 
 
 def write_formats(
-    model_file: Path,
     model: keras.Model,
     export: ExportParams,
     out: Path,
     sample: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """Write each requested format of `model` (loaded from `model_file`) into `out`.
+    """Write each requested format of `model` into `out`. A subclassed core is stored in the
+    `.keras` file through its registration (config and weights), so it loads without code.
 
     `sample` (named raw inputs) is what the ONNX file is checked on, in onnxruntime.
     """
     if "keras" in export.formats:
-        shutil.copyfile(model_file, out / KERAS_FILE)
+        save_model(model, out / KERAS_FILE)
     if "saved_model" in export.formats:
         model.export(out / SAVED_MODEL_DIR, format="tf_saved_model", verbose=False)
     if export.onnx:
@@ -116,8 +119,11 @@ def signature(model: keras.Model) -> dict:
 
 
 def write_onnx(model: keras.Model, path: Path) -> None:
+    """The model as ONNX, with its main output only: tf2onnx names several outputs after the
+    layer that holds them (`core`, `core_1`), so which is which could not be told."""
     import tf2onnx
 
+    model = keras.Model(model.input, main_output(model.output), name=model.name)
     tf2onnx.convert.from_keras(
         model, input_signature=[signature(model)], opset=ONNX_OPSET, output_path=str(path)
     )
@@ -138,7 +144,7 @@ def check_onnx(model: keras.Model, path: Path, sample: dict[str, np.ndarray]) ->
     """Refuse an ONNX file whose predictions differ from the Keras model's."""
     from mlpipe.features import predict
 
-    expected = predict(model, sample, 256)
+    expected = main_output(predict(model, sample, 256))
     got = onnx_predict(path, sample)
     worst = float(np.max(np.abs(got - expected)))
     if not worst <= ONNX_TOLERANCE:

@@ -85,33 +85,63 @@ def input_layer(feature: dict) -> keras.KerasTensor:
     return keras.Input(shape=(1,), dtype=dtype, name=feature["input"])
 
 
-def build_preprocessor(schema: dict, train: pd.DataFrame, clip: float | None) -> keras.Model:
+def build_preprocessor(
+    schema: dict,
+    train: pd.DataFrame,
+    clip: float | None,
+    paths: dict[str, list[str]] | None = None,
+) -> keras.Model:
     """A model from the named raw inputs to one float32 matrix: numeric columns imputed,
     standardized and clipped, categorical columns one-hot encoded with a bucket for unseen
-    values."""
+    values.
+
+    With `paths` ({"wide": [columns], "deep": [columns]}) it outputs one matrix per path
+    instead, each encoded by its own layers, prefixed with the path's name."""
     inputs = {f["input"]: input_layer(f) for f in schema["features"]}
-    numeric = [f for f in schema["features"] if f["kind"] == "numeric"]
+    if paths is None:
+        return keras.Model(inputs, encode(schema["features"], inputs, train, clip), name=PREPROCESS)
+    outputs = {
+        path: encode(
+            [f for f in schema["features"] if f["name"] in names], inputs, train, clip, f"{path}_"
+        )
+        for path, names in paths.items()
+    }
+    return keras.Model(inputs, outputs, name=PREPROCESS)
+
+
+def encode(
+    features: list[dict],
+    inputs: dict[str, keras.KerasTensor],
+    train: pd.DataFrame,
+    clip: float | None,
+    prefix: str = "",
+) -> keras.KerasTensor:
+    """The encoding layers of `features`, learned on `train`, applied to their inputs."""
+    numeric = [f for f in features if f["kind"] == "numeric"]
     parts = []
     if numeric:
         stats = numeric_stats(train, [f["name"] for f in numeric])
         joined = (
-            keras.layers.Concatenate(name="numeric")([inputs[f["input"]] for f in numeric])
+            keras.layers.Concatenate(name=f"{prefix}numeric")([inputs[f["input"]] for f in numeric])
             if len(numeric) > 1
             else inputs[numeric[0]["input"]]
         )
-        parts.append(ImputeStandardize(**stats, clip=clip, name="impute_standardize")(joined))
-    for feature in schema["features"]:
+        parts.append(
+            ImputeStandardize(**stats, clip=clip, name=f"{prefix}impute_standardize")(joined)
+        )
+    for feature in features:
         if feature["kind"] != "categorical":
             continue
         lookup = keras.layers.StringLookup(
             vocabulary=vocabulary(train, feature["name"]),
             num_oov_indices=1,
             output_mode="one_hot",
-            name=f"lookup_{feature['input']}",
+            name=f"{prefix}lookup_{feature['input']}",
         )
         parts.append(lookup(inputs[feature["input"]]))
-    features = keras.layers.Concatenate(name="features")(parts) if len(parts) > 1 else parts[0]
-    return keras.Model(inputs, features, name=PREPROCESS)
+    if len(parts) == 1:
+        return parts[0]
+    return keras.layers.Concatenate(name=f"{prefix}features")(parts)
 
 
 def feature_summary(schema: dict, train: pd.DataFrame) -> list[dict]:
@@ -143,12 +173,18 @@ def dataset(inputs: dict[str, np.ndarray], batch_size: int) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices(tensors(inputs)).batch(batch_size)
 
 
-def predict(model: keras.Model, inputs: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
+def predict(
+    model: keras.Model, inputs: dict[str, np.ndarray], batch_size: int
+) -> np.ndarray | dict[str, np.ndarray]:
+    """The model's predictions: an array, or one per output name for several outputs."""
     return model.predict(dataset(inputs, batch_size), verbose=0)
 
 
-def transform(preprocessor: keras.Model, frame: pd.DataFrame, schema: dict) -> tf.Variable:
-    """The float32 feature matrix the core MLP trains on, computed once per split.
+def transform(
+    preprocessor: keras.Model, frame: pd.DataFrame, schema: dict
+) -> tf.Variable | dict[str, tf.Variable]:
+    """The float32 feature matrix the core trains on (one per path for a Wide & Deep core),
+    computed once per split.
 
     Chunk by chunk, into a variable that owns the only copy: tf.data captures a variable by
     reference, where it would copy a tensor into its graph, and reading rows of a variable whose
@@ -161,15 +197,20 @@ def transform(preprocessor: keras.Model, frame: pd.DataFrame, schema: dict) -> t
     for start in range(0, max(len(frame), 1), TRANSFORM_BATCH):
         chunk = model_inputs(frame.iloc[start : start + TRANSFORM_BATCH], schema)
         parts.append(preprocessor(tensors(chunk), training=False))
-    joined = tf.concat(parts, axis=0)
+    joined = tf.nest.map_structure(lambda *chunks: tf.concat(chunks, axis=0), *parts)
     del parts
-    return tf.Variable(joined, trainable=False)
+    return tf.nest.map_structure(lambda matrix: tf.Variable(matrix, trainable=False), joined)
+
+
+def to_numpy(matrices: tf.Variable | dict[str, tf.Variable]) -> np.ndarray | dict[str, np.ndarray]:
+    """NumPy copies of what `transform` returns."""
+    return tf.nest.map_structure(lambda matrix: matrix.numpy(), matrices)
 
 
 def matrices(
     preprocessor: keras.Model, splits: dict[str, pd.DataFrame], schema: dict
-) -> dict[str, tuple[tf.Variable, np.ndarray]]:
-    """(features, encoded target) per split, as the core MLP trains and validates on them."""
+) -> dict[str, tuple[tf.Variable | dict[str, tf.Variable], np.ndarray]]:
+    """(features, encoded target) per split, as the core trains and validates on them."""
     from mlpipe.data import encode_target
 
     return {

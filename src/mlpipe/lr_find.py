@@ -142,11 +142,12 @@ def summarize(result: dict, rule: str) -> dict:
 
 def range_test(
     model: keras.Model,
-    x: np.ndarray,
-    y: np.ndarray,
+    x: np.ndarray | dict[str, np.ndarray],
+    y: np.ndarray | dict[str, np.ndarray],
     *,
     optimizer: keras.optimizers.Optimizer,
     loss,
+    loss_weights: dict[str, float] | None = None,
     min_lr: float,
     max_lr: float,
     steps: int,
@@ -160,23 +161,31 @@ def range_test(
     The loss recorded against a rate is the loss of the next batch, measured right after the
     update made at that rate: Keras's own `logs["loss"]` is a running mean over the epoch, and
     the loss train_on_batch returns precedes its own update. The run stops once the smoothed
-    loss explodes (`exploded`). The model is compiled with `optimizer` and `loss`, and its
+    loss explodes (`exploded`). The model is compiled with `optimizer` and `loss` (and
+    `loss_weights`, for a model with several outputs: x and y are then dicts of arrays), and its
     weights are put back as they were before returning.
     """
     import keras
 
     if steps < 2:
         raise ValueError(f"a range test needs at least 2 steps, got {steps}")
-    model.compile(optimizer=optimizer, loss=loss, steps_per_execution=1)
+    model.compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, steps_per_execution=1)
+
+    def take(arrays, rows):
+        return keras.tree.map_structure(lambda a: a[rows], arrays)
+
     initial_weights = model.get_weights()
     planned = rates(min_lr, max_lr, steps)
     learning_rates, losses, smoothed = [], [], []
     initial_loss, average, stopped_early = math.nan, 0.0, False
     try:
-        for step, rows in enumerate(batch_rows(len(x), batch_size, seed, steps + 1)):
+        n_rows = len(keras.tree.flatten(x)[0])
+        for step, rows in enumerate(batch_rows(n_rows, batch_size, seed, steps + 1)):
             # The last call only measures the loss after the last update; that update is undone.
             model.optimizer.learning_rate = planned[min(step, steps - 1)]
-            loss_value = float(keras.ops.convert_to_numpy(model.train_on_batch(x[rows], y[rows])))
+            # The total loss: with several outputs, Keras also returns each output's.
+            logs = model.train_on_batch(take(x, rows), take(y, rows), return_dict=True)
+            loss_value = float(keras.ops.convert_to_numpy(logs["loss"]))
             if step == 0:
                 initial_loss = loss_value
                 continue

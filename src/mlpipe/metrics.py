@@ -134,6 +134,32 @@ def score(schema: dict, y_true: np.ndarray, raw_predictions: np.ndarray) -> dict
     return classification_metrics(y_true, proba, schema["classes"])
 
 
+def output_loss(schema: dict, y_true: np.ndarray, raw_predictions: np.ndarray) -> float:
+    """The loss an output is trained on: mean squared error, or cross-entropy."""
+    if schema["task"] == "regression":
+        y_pred = np.asarray(raw_predictions, dtype=np.float64).reshape(-1)
+        return float(np.mean((np.asarray(y_true, dtype=np.float64) - y_pred) ** 2))
+    proba = class_probabilities(raw_predictions, len(schema["classes"]))
+    proba = proba / proba.sum(axis=1, keepdims=True)
+    return float(skm.log_loss(y_true, proba, labels=np.arange(proba.shape[1])))
+
+
+def output_scores(
+    schema: dict,
+    y_true: np.ndarray,
+    outputs: dict[str, np.ndarray],
+    loss_weights: dict[str, float] | None = None,
+) -> dict:
+    """For a model with several outputs: `loss`, the sum of the outputs' losses weighted as in
+    training (without any L2 penalty), and `outputs.<name>`: each output's metrics and `loss`."""
+    per_output, total = {}, 0.0
+    for name, raw in outputs.items():
+        loss = output_loss(schema, y_true, raw)
+        total += (loss_weights or {}).get(name, 1.0) * loss
+        per_output[name] = {**score(schema, y_true, raw), "loss": _rounded(loss)}
+    return {"loss": _rounded(total), "outputs": per_output}
+
+
 def by_split(scores: dict[str, dict]) -> dict:
     """The layout of metrics/evaluate.json: the test split at the top, the others nested."""
     return {**scores["test"], **{name: s for name, s in scores.items() if name != "test"}}

@@ -1,49 +1,115 @@
-"""Model construction from params and the data schema."""
+"""Model construction from params and the data schema, in Keras's three APIs, and the model
+folder in which the stages pass a model on.
+
+Every model is `compose(preprocessor, core)`: raw named columns in, predictions out. The core,
+the trainable part, is a Sequential stack, a Functional Wide & Deep network, or the subclassed
+`WideAndDeepModel` (`model.api`).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 
-from mlpipe import MlpipeError
+from mlpipe import MlpipeError, io
 from mlpipe.config import ModelParams
 from mlpipe.features import PREPROCESS, build_preprocessor
+from mlpipe.networks import (
+    AUX,
+    DEEP,
+    MAIN,
+    WIDE,
+    WideAndDeepModel,
+    hidden_layers,
+    output_spec,
+)
 
 CORE = "core"
+# A model folder holds MODEL_FILE, or for a subclass the three files after it.
+MODEL_FILE = "model.keras"
+PREPROCESS_FILE = "preprocess.keras"
+CORE_WEIGHTS_FILE = "core.weights.h5"
+CORE_CONFIG_FILE = "core.json"
+HIDDEN_SETTINGS = (
+    "hidden_units",
+    "activation",
+    "kernel_initializer",
+    "l2",
+    "dropout",
+    "batch_norm",
+)
 
 
-def output_layer(schema: dict) -> keras.layers.Dense:
+def output_layer(schema: dict, name: str = "output") -> keras.layers.Dense:
     """Softmax over classes, one sigmoid unit for two classes, one linear unit for regression."""
-    if schema["task"] == "regression":
-        return keras.layers.Dense(1, name="output")
-    n_classes = len(schema["classes"])
-    if n_classes == 2:
-        return keras.layers.Dense(1, activation="sigmoid", name="output")
-    return keras.layers.Dense(n_classes, activation="softmax", name="output")
+    units, activation = output_spec(schema)
+    return keras.layers.Dense(units, activation=activation, name=name)
+
+
+def _hidden(cfg: ModelParams) -> list[keras.layers.Layer]:
+    return hidden_layers(**cfg.model_dump(include=set(HIDDEN_SETTINGS)))
 
 
 def build_core(cfg: ModelParams, schema: dict, n_features: int) -> keras.Model:
-    """The trainable MLP on the preprocessed feature matrix."""
-    layers: list[keras.layers.Layer] = [keras.Input(shape=(n_features,), name="features")]
-    for i, units in enumerate(cfg.hidden_units, start=1):
-        layers.append(
-            keras.layers.Dense(
-                units,
-                activation=cfg.activation,
-                kernel_initializer=cfg.kernel_initializer,
-                kernel_regularizer=keras.regularizers.L2(cfg.l2) if cfg.l2 else None,
-                name=f"hidden_{i}",
-            )
-        )
-        if cfg.batch_norm:
-            layers.append(keras.layers.BatchNormalization(name=f"batch_norm_{i}"))
-        if cfg.dropout > 0:
-            layers.append(keras.layers.Dropout(cfg.dropout, name=f"dropout_{i}"))
+    """Sequential API: the MLP on the preprocessed feature matrix."""
+    layers = [keras.Input(shape=(n_features,), name="features"), *_hidden(cfg)]
     layers.append(output_layer(schema))
     return keras.Sequential(layers, name=CORE)
+
+
+def build_functional_core(cfg: ModelParams, schema: dict, widths: dict[str, int]) -> keras.Model:
+    """Functional API: Wide & Deep (Cheng et al. 2016). Two inputs; the deep one goes through the
+    hidden layers, the wide one joins it before the main output; with `aux_output`, a second
+    output on the deep path."""
+    wide = keras.Input(shape=(widths[WIDE],), name=WIDE)
+    deep = keras.Input(shape=(widths[DEEP],), name=DEEP)
+    z = deep
+    for layer in _hidden(cfg):
+        z = layer(z)
+    joined = keras.layers.Concatenate(name="wide_and_deep")([wide, z])
+    main = output_layer(schema, MAIN)(joined)
+    outputs = {MAIN: main, AUX: output_layer(schema, AUX)(z)} if cfg.aux_output else main
+    return keras.Model({WIDE: wide, DEEP: deep}, outputs, name=CORE)
+
+
+def build_subclass_core(cfg: ModelParams, schema: dict) -> WideAndDeepModel:
+    """Subclassing API: the WideAndDeepModel, with its residual blocks."""
+    units, activation = output_spec(schema)
+    return WideAndDeepModel(
+        **cfg.model_dump(include=set(HIDDEN_SETTINGS)),
+        output_units=units,
+        output_activation=activation,
+        residual_blocks=cfg.residual_blocks,
+        aux_output=cfg.aux_output,
+        name=CORE,
+    )
+
+
+def feature_paths(cfg: ModelParams, schema: dict) -> dict[str, list[str]]:
+    """The features of the wide and of the deep path, in the schema's order, checked against
+    the data: every column named must be a feature, and every feature must be on a path."""
+    names = [f["name"] for f in schema["features"]]
+    paths = {}
+    for path, chosen in ((WIDE, cfg.wide_columns), (DEEP, cfg.deep_columns)):
+        unknown = [c for c in chosen or [] if c not in names]
+        if unknown:
+            raise MlpipeError(
+                f"model.{path}_columns: {', '.join(f'`{c}`' for c in unknown)} is not a feature "
+                f"column of the data (the target is `{schema['target']}`); the features are "
+                f"{', '.join(names)}"
+            )
+        paths[path] = names if chosen is None else [n for n in names if n in chosen]
+    unused = [n for n in names if n not in paths[WIDE] and n not in paths[DEEP]]
+    if unused:
+        raise MlpipeError(
+            f"model.wide_columns, model.deep_columns: features {unused} are on neither path; "
+            "add them to one, or leave them out of the data with data.features.exclude"
+        )
+    return paths
 
 
 def compose(preprocessor: keras.Model, core: keras.Model) -> keras.Model:
@@ -53,10 +119,32 @@ def compose(preprocessor: keras.Model, core: keras.Model) -> keras.Model:
 
 
 def build_model(cfg: ModelParams, schema: dict, train: pd.DataFrame) -> keras.Model:
-    """Preprocessing adapted on the training split, then a Sequential MLP."""
-    preprocessor = build_preprocessor(schema, train, cfg.clip_inputs)
-    core = build_core(cfg, schema, preprocessor.output.shape[-1])
-    return compose(preprocessor, core)
+    """Preprocessing adapted on the training split, then the core in the API of `model.api`.
+
+    The Sequential core reads one feature matrix; the other two read a wide and a deep one,
+    each with its own imputation, standardization and encoding."""
+    if cfg.api == "sequential":
+        preprocessor = build_preprocessor(schema, train, cfg.clip_inputs)
+        return compose(preprocessor, build_core(cfg, schema, preprocessor.output.shape[-1]))
+    preprocessor = build_preprocessor(schema, train, cfg.clip_inputs, feature_paths(cfg, schema))
+    if cfg.api == "functional":
+        widths = {path: t.shape[-1] for path, t in preprocessor.output.items()}
+        return compose(preprocessor, build_functional_core(cfg, schema, widths))
+    return compose(preprocessor, build_subclass_core(cfg, schema))
+
+
+def output_names(core: keras.Model) -> list[str]:
+    """The core's outputs, main first: Keras's names for their losses and metrics."""
+    if isinstance(core, WideAndDeepModel):
+        return core.head_names
+    if isinstance(core, keras.Sequential):
+        return [core.layers[-1].name]
+    return sorted(core.output_names, key=lambda name: name != MAIN)
+
+
+def main_output(raw):
+    """The main output's predictions among those of a model with several outputs."""
+    return raw[MAIN] if isinstance(raw, dict) else raw
 
 
 def split_model(model: keras.Model) -> tuple[keras.Model, keras.Model]:
@@ -116,7 +204,20 @@ def summary_text(model: keras.Model) -> str:
     lines.append(
         f"Total params: {total:,} (trainable {trainable:,}, non-trainable {total - trainable:,})"
     )
+    core = _layer_or_none(model, CORE)
+    if isinstance(core, WideAndDeepModel):
+        lines.append(
+            f"{CORE} is a subclassed {type(core).__name__}: Keras lists its layers without their "
+            "connections or shapes, which only its call() defines"
+        )
     return "\n".join(lines) + "\n"
+
+
+def _layer_or_none(model: keras.Model, name: str):
+    try:
+        return model.get_layer(name)
+    except ValueError:
+        return None
 
 
 def load_model(path: str | Path) -> keras.Model:
@@ -154,3 +255,51 @@ def save_model(model: keras.Model, path: str | Path) -> None:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_model_folder(model: keras.Model, path: str | Path) -> None:
+    """Write a model made by `compose` as a folder, replaced whole, that `load_model_folder`
+    reads back: `model.keras` for the Sequential and Functional APIs; for a subclass,
+    `preprocess.keras`, the core's weights (`save_weights`) and the config it is rebuilt from."""
+    preprocessor, core = split_model(model)
+    with io.atomic_dir(path) as tmp:
+        if isinstance(core, WideAndDeepModel):
+            save_model(preprocessor, tmp / PREPROCESS_FILE)
+            # A core rebuilt from its config holds the weights alone, without the state of the
+            # optimizer that trained it.
+            bare = WideAndDeepModel.from_config(core.get_config())
+            compose(preprocessor, bare)
+            bare.set_weights(core.get_weights())
+            bare.save_weights(tmp / CORE_WEIGHTS_FILE)
+            config = {"class_name": type(core).__name__, "config": core.get_config()}
+            io.write_json(tmp / CORE_CONFIG_FILE, config)
+        else:
+            save_model(model, tmp / MODEL_FILE)
+
+
+def load_model_folder(path: str | Path) -> keras.Model:
+    """The model in a folder written by `save_model_folder`: a subclass is rebuilt from its
+    config, behind the saved preprocessing, and its weights are loaded."""
+    path = Path(path)
+    if (path / MODEL_FILE).is_file():
+        return load_model(path / MODEL_FILE)
+    if not (path / CORE_CONFIG_FILE).is_file():
+        raise MlpipeError(
+            f"{path}: no {MODEL_FILE} or {CORE_CONFIG_FILE} in this folder: not a model saved by "
+            "this project; rerun the stage that produces it (`dvc repro`)"
+        )
+    preprocessor = load_model(path / PREPROCESS_FILE)
+    try:
+        saved = json.loads((path / CORE_CONFIG_FILE).read_text())
+        # Only this project's own class is rebuilt: the config names no code to import.
+        if saved.get("class_name") != WideAndDeepModel.__name__:
+            raise ValueError(f"unknown class {saved.get('class_name')!r}")
+        core = WideAndDeepModel.from_config(saved["config"])
+        model = compose(preprocessor, core)  # calling the core creates its weights
+        core.load_weights(path / CORE_WEIGHTS_FILE)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise MlpipeError(
+            f"{path}: cannot rebuild the subclassed core from {CORE_CONFIG_FILE} and "
+            f"{CORE_WEIGHTS_FILE} ({type(err).__name__}: {err}); rerun `dvc repro`"
+        ) from err
+    return model

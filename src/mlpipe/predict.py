@@ -29,22 +29,25 @@ PREDICTION = "prediction"
 
 
 def load(model_path: str | Path):
-    """The model and its metadata, from an export folder or a `.keras` file.
+    """The model and its metadata, from an export folder, a trained model folder or a
+    `.keras` file.
 
     Beside a bare `.keras` file without metadata.json, the features are read off the model's
     inputs and classes are reported by index.
     """
-    from mlpipe import features  # noqa: F401  registers the preprocessing layer
-    from mlpipe.models import load_model
+    from mlpipe.models import CORE_CONFIG_FILE, load_model, load_model_folder
 
     path = Path(model_path)
     model_file = path / KERAS_FILE if path.is_dir() else path
-    if path.is_dir() and not model_file.is_file():
+    if path.is_dir() and (path / CORE_CONFIG_FILE).is_file():
+        model = load_model_folder(path)  # a subclass as the train stage saves it
+    elif path.is_dir() and not model_file.is_file():
         raise MlpipeError(
             f"{path}: no {KERAS_FILE} in this folder; pass an export folder (models/export) or "
             "a .keras file"
         )
-    model = load_model(model_file)
+    else:
+        model = load_model(model_file)
     meta_file = model_file.with_name(METADATA_FILE)
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text())
@@ -55,15 +58,22 @@ def load(model_path: str | Path):
 
 
 def metadata_from_model(model) -> dict:
+    from mlpipe.models import main_output, split_model
+
     inputs = model.input if isinstance(model.input, dict) else {t.name: t for t in model.inputs}
     features = [
         {"name": name, "input": name, "kind": "numeric" if t.dtype == "float32" else "categorical"}
         for name, t in inputs.items()
     ]
-    units = model.output.shape[-1]
-    last = model.layers[-1]
-    activation = getattr(getattr(last, "layers", [last])[-1], "activation", None)
-    name = getattr(activation, "__name__", "linear")
+    units = main_output(model.output).shape[-1]
+    try:
+        core = split_model(model)[1]
+    except MlpipeError:  # a model from elsewhere: its last layer is taken as the output
+        core = model
+    heads = [layer for layer in core.layers if layer.name in ("main", "output")]
+    head = (heads or core.layers)[-1]
+    head = getattr(head, "layers", [head])[-1]
+    name = getattr(getattr(head, "activation", None), "__name__", "linear")
     if name in ("softmax", "sigmoid"):
         task, classes = "classification", list(range(max(units, 2)))
     else:
@@ -115,6 +125,7 @@ def predict_file(
     The output appears only when every row succeeded, so a failure never leaves half a file.
     """
     from mlpipe.features import predict
+    from mlpipe.models import main_output
 
     csv_params = CsvParams(**meta["csv"]) if meta.get("csv") else CsvParams()
     output_path = Path(output_path)
@@ -135,7 +146,7 @@ def predict_file(
                 if chunk.empty:
                     continue
                 inputs = model_inputs(chunk, meta, str(input_path), rows + 1)
-                raw = predict(model, inputs, batch_size)
+                raw = main_output(predict(model, inputs, batch_size))
                 id_column = meta.get("id_column")
                 ids = chunk[id_column] if id_column and id_column in chunk else None
                 output_frame(raw, meta, ids).to_csv(

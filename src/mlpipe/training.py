@@ -20,7 +20,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from mlpipe import MlpipeError, io
 from mlpipe.callbacks import DivergenceGuard, EpochLogger, OneCycle, TrainingSignals
 from mlpipe.config import OptimizerParams, Params, TrainParams, params_hash
-from mlpipe.models import save_model
+from mlpipe.models import output_names
 from mlpipe.resume import ResumableBackup
 
 # Measured on 200,000 x 64 rows at batch 32 (2 cores): 1 -> 34k, 32 -> 76k, 128 -> 96k,
@@ -59,18 +59,56 @@ def loss_and_metrics(schema: dict) -> tuple[str, list]:
     return "sparse_categorical_crossentropy", ["accuracy"]
 
 
-def monitor_choices(schema: dict) -> list[str]:
+def monitor_choices(schema: dict, outputs: list[str] | None = None) -> list[str]:
+    """The validation values Keras logs: `val_loss` and `val_<metric>` for one output; for
+    several, `val_loss` (the weighted total) and `val_<output>_loss`, `val_<output>_<metric>`."""
     metrics = ["rmse", "mae"] if schema["task"] == "regression" else ["accuracy"]
-    return [f"val_{name}" for name in ["loss", *metrics]]
+    if not outputs or len(outputs) == 1:
+        return [f"val_{name}" for name in ["loss", *metrics]]
+    return ["val_loss"] + [f"val_{out}_{name}" for out in outputs for name in ["loss", *metrics]]
 
 
-def check_monitor(train: TrainParams, schema: dict) -> None:
-    choices = monitor_choices(schema)
+def check_monitor(train: TrainParams, schema: dict, outputs: list[str] | None = None) -> None:
+    choices = monitor_choices(schema, outputs)
     if train.monitor not in choices:
+        model = f"{schema['task']} model" + (
+            f" with outputs {', '.join(outputs)}" if outputs and len(outputs) > 1 else ""
+        )
         raise MlpipeError(
-            f"train.monitor: `{train.monitor}` is not reported for a {schema['task']} model; "
+            f"train.monitor: `{train.monitor}` is not reported for a {model}; "
             f"choose one of {', '.join(choices)}"
         )
+
+
+def monitor_mode(monitor: str) -> str:
+    """Whether the monitored value should grow or shrink. Keras guesses this from the metric's
+    name, and fails to for the per-output names (`val_main_rmse`)."""
+    return "max" if monitor.endswith("accuracy") else "min"
+
+
+def check_loss_weights(loss_weights: dict[str, float] | None, outputs: list[str]) -> None:
+    """`train.loss_weights` must name outputs the model has, and the model must have several."""
+    if loss_weights is None:
+        return
+    unknown = [name for name in loss_weights if name not in outputs]
+    if unknown:
+        raise MlpipeError(
+            f"train.loss_weights: {', '.join(f'`{n}`' for n in unknown)} is not an output of "
+            f"this model, whose outputs are {', '.join(outputs)}"
+            + ("; model.aux_output: true adds `aux`" if len(outputs) == 1 else "")
+        )
+    if len(outputs) == 1:
+        raise MlpipeError(
+            f"train.loss_weights weighs the losses of several outputs; this model has one "
+            f"(`{outputs[0]}`): set it to null, or add an output with model.aux_output: true"
+        )
+
+
+def label_outputs(data: dict[str, tuple], outputs: list[str]) -> dict[str, tuple]:
+    """Feed each split's labels to every output of a model with several."""
+    if len(outputs) == 1:
+        return data
+    return {split: (x, {name: y for name in outputs}) for split, (x, y) in data.items()}
 
 
 def learning_rate(train: TrainParams, steps_per_epoch: int) -> float | LearningRateSchedule:
@@ -102,6 +140,7 @@ def schedule_callbacks(train: TrainParams, steps_per_epoch: int) -> list[keras.c
         return [
             keras.callbacks.ReduceLROnPlateau(
                 monitor=train.monitor,
+                mode=monitor_mode(train.monitor),
                 factor=schedule.plateau.factor,
                 patience=schedule.plateau.patience,
                 min_lr=schedule.plateau.min_learning_rate,
@@ -143,13 +182,31 @@ def build_optimizer(
     return OPTIMIZERS[cfg.name](learning_rate=rate, **cfg.settings())
 
 
+def output_losses(
+    loss_weights: dict[str, float] | None, schema: dict, outputs: list[str]
+) -> tuple[str | dict[str, str], dict[str, float] | None]:
+    """The loss, and for several outputs one per output with `train.loss_weights` (1 each by
+    default), which Keras sums into the loss that is minimized."""
+    loss = loss_and_metrics(schema)[0]
+    if len(outputs) == 1:
+        return loss, None
+    weights = {name: (loss_weights or {}).get(name, 1.0) for name in outputs}
+    return dict.fromkeys(outputs, loss), weights
+
+
 def compile_model(
     model: keras.Model, train: TrainParams, schema: dict, steps_per_epoch: int
 ) -> None:
-    loss, metrics = loss_and_metrics(schema)
+    """The optimizer, and a loss and metric set per output (`output_losses`)."""
+    outputs = output_names(model)
+    loss, loss_weights = output_losses(train.loss_weights, schema, outputs)
+    metrics = loss_and_metrics(schema)[1]
+    if len(outputs) > 1:
+        metrics = {name: loss_and_metrics(schema)[1] for name in outputs}  # own metric objects
     model.compile(
         optimizer=make_optimizer(train, steps_per_epoch),
         loss=loss,
+        loss_weights=loss_weights,
         metrics=metrics,
         steps_per_execution=steps_per_execution(train, steps_per_epoch),
     )
@@ -194,31 +251,55 @@ def check_weighting(train: TrainParams, schema: dict, model: keras.Model) -> Non
             "both. Multiply each row's weight by its class's weight in that column, or set "
             "train.class_weight to null."
         )
-    if len(model.outputs) > 1:
+    if len(output_names(model)) > 1:
         raise MlpipeError(
-            "train.class_weight is not supported by Keras for a model with several outputs; "
-            "give per-row weights through data.weight_column instead."
+            "train.class_weight is not supported by Keras for a model with several outputs "
+            f"({', '.join(output_names(model))}); give per-row weights through "
+            "data.weight_column instead, or set model.aux_output: false."
         )
 
 
 class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
-    """ModelCheckpoint that writes through a temporary file, so a kill mid-save cannot leave a
-    truncated model where the previous best stood."""
+    """ModelCheckpoint of the weights (`.weights.h5`, whatever the model's API) that writes
+    through a temporary file, so a kill mid-save cannot leave a truncated file where the
+    previous best stood."""
+
+    def __init__(self, filepath: Path, monitor: str):
+        super().__init__(
+            filepath,
+            monitor=monitor,
+            mode=monitor_mode(monitor),
+            save_best_only=True,
+            save_weights_only=True,
+        )
 
     def _save_model(self, epoch, batch, logs):
-        filepath = self._get_file_path(epoch, batch, logs)
-        if self._should_save_model(epoch, batch, logs, filepath):
-            save_model(self.model, filepath)
+        filepath = Path(self._get_file_path(epoch, batch, logs))
+        if self._should_save_model(epoch, batch, logs, str(filepath)):
+            tmp = filepath.with_name(f".{filepath.name.removesuffix('.weights.h5')}.tmp.weights.h5")
+            try:
+                self.model.save_weights(tmp)
+                tmp.replace(filepath)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+
+def n_rows(x) -> int:
+    """Rows of a feature matrix, or of a dict of them."""
+    return int(tf.nest.flatten(x)[0].shape[0])
 
 
 def epoch_batches(
-    arrays: tuple[np.ndarray | tf.Tensor, ...],
+    arrays: tuple,
     batch_size: int,
     seed: int,
     first_epoch: int,
     epochs: int,
 ) -> tf.data.Dataset:
     """Batches for epochs first_epoch..epochs-1, each epoch shuffled by (seed, epoch) alone.
+
+    `arrays` is (x, y) or (x, y, sample_weight), where x and y may be dicts of arrays (a model
+    with several inputs or outputs); every array is cut by the same rows.
 
     Keras's own shuffling draws from one random stream, so a run resumed at epoch k would see
     other batches than an uninterrupted one. Seeding each epoch's shuffle by its number makes
@@ -227,11 +308,13 @@ def epoch_batches(
     # tf.data would embed a captured tensor in its graph: another copy of the table. A variable
     # is captured by reference (features.transform already returns one).
     columns = tuple(
-        a if isinstance(a, tf.Variable) else tf.Variable(a, trainable=False) for a in arrays
+        a if isinstance(a, tf.Variable) else tf.Variable(a, trainable=False)
+        for a in tf.nest.flatten(arrays)
     )
-    n_rows = int(arrays[0].shape[0])
+    rows_total = n_rows(arrays)
     row_bytes = sum(4 * max(1, int(np.prod(c.shape[1:]))) for c in columns)
     block = max(1, BLOCK_BYTES // (row_bytes * batch_size)) * batch_size
+    nested = any(tf.nest.is_nested(a) for a in arrays)
 
     def batches_of(rows):
         # One gather per block of rows, then the block is cut into ready batches: far cheaper
@@ -244,13 +327,17 @@ def epoch_batches(
             for c in block_columns
         )
         tail = tf.data.Dataset.from_tensors(tuple(c[full:] for c in block_columns))
-        return tf.data.Dataset.from_tensor_slices(heads).concatenate(
+        batches = tf.data.Dataset.from_tensor_slices(heads).concatenate(
             tail.filter(lambda *c: tf.shape(c[0])[0] > 0)
         )
+        if not nested:
+            return batches
+        # Dicts of inputs or labels were cut as flat columns: give each batch their shape back.
+        return batches.map(lambda *c: tf.nest.pack_sequence_as(arrays, list(c)))
 
     def one_epoch(epoch):
         key = tf.stack([tf.constant(seed, tf.int64), epoch])
-        order = tf.random.experimental.stateless_shuffle(tf.range(n_rows, dtype=tf.int64), key)
+        order = tf.random.experimental.stateless_shuffle(tf.range(rows_total, dtype=tf.int64), key)
         return tf.data.Dataset.from_tensor_slices(order).batch(block).flat_map(batches_of)
 
     return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
@@ -274,21 +361,23 @@ def fit(
     sample_weight: np.ndarray | None = None,
     class_weight: dict[int, float] | None = None,
 ) -> dict:
-    """Fit on data["train"], validate on data["valid"]; the best epoch ends up at dirs.checkpoint.
+    """Fit on data["train"], validate on data["valid"]; the best epoch's weights end up at
+    dirs.checkpoint (a `.weights.h5` file).
 
     The model must be compiled (compile_model). A backup in dirs.backup written by an
     interrupted run with the same `fingerprint` is resumed. Returns the run summary for
     metrics/train.json.
     """
     x_train, y_train = data["train"]
-    steps_per_epoch = steps(int(x_train.shape[0]), train.batch_size)
+    steps_per_epoch = steps(n_rows(x_train), train.batch_size)
     early_stopping = keras.callbacks.EarlyStopping(
         monitor=train.monitor,
+        mode=monitor_mode(train.monitor),
         patience=train.early_stopping.patience,
         min_delta=train.early_stopping.min_delta,
         restore_best_weights=True,
     )
-    checkpoint = AtomicCheckpoint(dirs.checkpoint, monitor=train.monitor, save_best_only=True)
+    checkpoint = AtomicCheckpoint(dirs.checkpoint, monitor=train.monitor)
     schedules = schedule_callbacks(train, steps_per_epoch)
     steering = [early_stopping, checkpoint] + [
         c for c in schedules if isinstance(c, keras.callbacks.ReduceLROnPlateau)
