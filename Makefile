@@ -45,7 +45,7 @@ readme-results: venv ## rewrite the README's results section from metrics/
 	$(BIN)/mlpipe readme-results
 
 test: venv lint ## lint, then run the test suite
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 lint: venv ## ruff lint and format check
 	$(BIN)/ruff check .

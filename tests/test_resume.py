@@ -60,6 +60,9 @@ def train_until(folder, prepared_dir, epoch: int, sig: int) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # A child inherits an ignored SIGINT, and Python then installs no KeyboardInterrupt
+        # handler: give the stage the default disposition a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     for line in process.stderr:
         if f"epoch {epoch}/{EPOCHS} " in line:
