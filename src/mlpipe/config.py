@@ -400,15 +400,22 @@ class ParamsError(MlpipeError):
     """params.yaml is unreadable or does not match the schema."""
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
-    """Read and validate the whole params file; raise ParamsError naming every bad key."""
+def read_yaml(
+    path: str | Path, error: type[MlpipeError] = ParamsError, missing: str = "file not found"
+) -> Any:
+    """The YAML document in `path`; a missing or malformed file raises `error` naming it."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ParamsError(f"{path}: file not found; run from the project root") from None
+        raise error(f"{path}: {missing}") from None
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+        raise error(f"{path}: not valid YAML: {err}") from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
+    """Read and validate the whole params file; raise ParamsError naming every bad key."""
+    raw = read_yaml(path, missing="file not found; run from the project root")
     return parse_params(raw or {}, source=str(path))
 
 

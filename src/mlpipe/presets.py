@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel
 
 from mlpipe.config import DEFAULT_PARAMS_FILE, Params, ParamsError, _section_type, parse_params
+from mlpipe.config import read_yaml as load_yaml
 
 _BARE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Text Hydra reads as the same string unquoted: no spaces, quotes, brackets, commas or colons.
@@ -26,12 +27,7 @@ _TYPED_WORDS = {"true", "false", "null", "nan", "inf"}
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: file not found") from None
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    raw = load_yaml(path)
     if raw is None:
         return {}
     if not isinstance(raw, dict):

@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlpipe import MlpipeError
-from mlpipe.config import ParamsError, parse_params
+from mlpipe.config import ParamsError, parse_params, read_yaml
 
 OBJECTIVE_FILE = "metrics/train.json"
 TEST_FILE = "metrics/evaluate.json"
@@ -100,12 +100,7 @@ class SweepSpec(_Spec):
 
 def load_spec(path: str | Path) -> SweepSpec:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SweepError(f"{path}: sweep spec not found; the examples are in sweeps/") from None
-    except yaml.YAMLError as err:
-        raise SweepError(f"{path}: not valid YAML: {err}") from None
+    raw = read_yaml(path, SweepError, "sweep spec not found; the examples are in sweeps/")
     try:
         return SweepSpec.model_validate(raw or {})
     except ValidationError as err:
