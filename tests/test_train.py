@@ -203,28 +203,40 @@ def test_steps_per_execution_auto_rule():
 
 
 def test_steps_per_execution_does_not_change_what_is_learned(digits, tmp_path):
-    one = fit_tiny(digits, tmp_path / "one", steps_per_execution=1)[1]
-    grouped = fit_tiny(digits, tmp_path / "grouped", steps_per_execution="auto")[1]
-    assert grouped["best_epoch"] == one["best_epoch"]
-    assert grouped["best_monitor_value"] == pytest.approx(one["best_monitor_value"], rel=1e-3)
+    # 40 batches per epoch: groups of 7 leave a group of 5 at the end of each epoch, which
+    # must not borrow batches from the next one.
+    def curve(spe):
+        model, summary, dirs, xy = fit_tiny(
+            digits, tmp_path / str(spe), steps_per_execution=spe, epochs=3
+        )
+        assert training.steps(len(xy["train"][1]), 32) == 40
+        assert int(model.optimizer.iterations.numpy()) == 3 * 40
+        assert summary["epochs_run"] == 3
+        return pd.read_csv(dirs.dvclive / "plots/metrics/eval/loss.tsv", sep="\t")["loss"]
+
+    one = curve(1)
+    for spe in (7, "auto"):
+        np.testing.assert_allclose(curve(spe), one, rtol=1e-5)
 
 
 @pytest.mark.parametrize("seed", [0, 42])
 def test_each_epoch_is_shuffled_by_seed_and_epoch_alone(seed):
     x = np.arange(20, dtype="float32").reshape(10, 2)
     y = np.arange(10)
+    batches = training.ShuffledBatches((x, y), 4, seed)
 
-    def epochs(first):
-        batches = list(training.epoch_batches((x, y), 4, seed, first, 4).as_numpy_iterator())
-        labels = [b[1] for b in batches]
-        return [np.concatenate(labels[i : i + 3]) for i in range(0, len(labels), 3)]
+    def epoch(number):
+        batches.on_epoch_begin(number)
+        return [b[1].tolist() for b in batches.dataset.as_numpy_iterator()]
 
-    from_start, resumed = epochs(0), epochs(2)
-    for epoch in from_start:
-        assert sorted(epoch.tolist()) == list(range(10))  # every row once per epoch
-    assert [e.tolist() for e in from_start[2:]] == [e.tolist() for e in resumed]
-    assert from_start[0].tolist() != from_start[1].tolist()
-    batch = next(training.epoch_batches((x, y), 4, seed, 0, 1).as_numpy_iterator())
+    first = [epoch(n) for n in range(4)]
+    for labels in first:
+        assert [len(b) for b in labels] == [4, 4, 2]  # each pass is one epoch, ending there
+        assert sorted(np.concatenate(labels).tolist()) == list(range(10))  # every row once
+    assert first[0] != first[1]
+    assert [epoch(n) for n in (3, 2)] == [first[3], first[2]]  # whatever came before
+    assert batches.dataset.cardinality() == 3
+    batch = next(batches.dataset.as_numpy_iterator())
     np.testing.assert_array_equal(batch[0][:, 0], batch[1] * 2)  # rows stay whole
 
 

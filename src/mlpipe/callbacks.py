@@ -53,11 +53,13 @@ class DivergenceGuard(keras.callbacks.Callback):
         self.checked = 0
 
     def on_train_batch_end(self, batch, logs=None):
-        # With steps_per_execution > 1, Keras calls this once per group of batches.
-        first, self.checked = self.checked + 1, batch + 1
+        # With steps_per_execution > 1, Keras calls this once per group of batches, numbering
+        # a shorter last group of the epoch as if it were full.
+        last = min(batch + 1, self.params.get("steps") or batch + 1)
+        first, self.checked = self.checked + 1, last
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(float(np.asarray(loss))):
-            where = f"batch {batch + 1}" if first == batch + 1 else f"batches {first}-{batch + 1}"
+            where = f"batch {last}" if first == last else f"batches {first}-{last}"
             raise TrainingDiverged(
                 f"training diverged: the loss became {float(np.asarray(loss))} at epoch "
                 f"{self.epoch + 1}, {where} (learning rate "

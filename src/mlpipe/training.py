@@ -289,21 +289,35 @@ def n_rows(x) -> int:
     return int(tf.nest.flatten(x)[0].shape[0])
 
 
-def epoch_batches(
-    arrays: tuple,
-    batch_size: int,
-    seed: int,
-    first_epoch: int,
-    epochs: int,
-) -> tf.data.Dataset:
-    """Batches for epochs first_epoch..epochs-1, each epoch shuffled by (seed, epoch) alone.
+class ShuffledBatches(keras.callbacks.Callback):
+    """The training data as `fit` reads it: `dataset` holds one epoch of batches, and this
+    callback, passed to the same `fit`, makes each epoch a new pass shuffled by (seed, epoch).
 
     `arrays` is (x, y) or (x, y, sample_weight), where x and y may be dicts of arrays (a model
     with several inputs or outputs); every array is cut by the same rows.
 
     Keras's own shuffling draws from one random stream, so a run resumed at epoch k would see
     other batches than an uninterrupted one. Seeding each epoch's shuffle by its number makes
-    the batches of epoch k the same however the run got there.
+    the batches of epoch k the same however the run got there. The dataset ends with each
+    epoch, because Keras runs `steps_per_execution` batches per call whatever
+    `steps_per_epoch` says: fed one stream of all epochs, an epoch whose batch count is not a
+    multiple of it would take the next epoch's first batches.
+    """
+
+    def __init__(self, arrays: tuple, batch_size: int, seed: int):
+        super().__init__()
+        # Read by the dataset each time Keras starts a pass over it (after on_epoch_begin).
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.dataset = epoch_batches(arrays, batch_size, seed, self.epoch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch.assign(epoch)
+
+
+def epoch_batches(arrays: tuple, batch_size: int, seed: int, epoch) -> tf.data.Dataset:
+    """One epoch of batches of `arrays`, in the order that (seed, epoch) alone decides.
+
+    `epoch` is a number, or a tf.Variable read anew by every pass over the dataset.
     """
     # tf.data would embed a captured tensor in its graph: another copy of the table. A variable
     # is captured by reference (features.transform already returns one).
@@ -335,12 +349,18 @@ def epoch_batches(
         # Dicts of inputs or labels were cut as flat columns: give each batch their shape back.
         return batches.map(lambda *c: tf.nest.pack_sequence_as(arrays, list(c)))
 
-    def one_epoch(epoch):
-        key = tf.stack([tf.constant(seed, tf.int64), epoch])
+    def one_epoch(_):
+        key = tf.stack([tf.constant(seed, tf.int64), tf.convert_to_tensor(epoch, tf.int64)])
         order = tf.random.experimental.stateless_shuffle(tf.range(rows_total, dtype=tf.int64), key)
         return tf.data.Dataset.from_tensor_slices(order).batch(block).flat_map(batches_of)
 
-    return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+    # The batch count is known, so Keras knows each epoch's steps without a steps_per_epoch.
+    return (
+        tf.data.Dataset.from_tensors(0)
+        .flat_map(one_epoch)
+        .apply(tf.data.experimental.assert_cardinality(steps(rows_total, batch_size)))
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
 def trim_dvclive(live_dir: Path, epochs_kept: int) -> None:
@@ -370,6 +390,8 @@ def fit(
     """
     x_train, y_train = data["train"]
     steps_per_epoch = steps(n_rows(x_train), train.batch_size)
+    arrays = (x_train, y_train) if sample_weight is None else (x_train, y_train, sample_weight)
+    batches = ShuffledBatches(arrays, train.batch_size, seed)
     early_stopping = keras.callbacks.EarlyStopping(
         monitor=train.monitor,
         mode=monitor_mode(train.monitor),
@@ -394,6 +416,7 @@ def fit(
     )
     live.step = first_epoch
     callbacks = [
+        batches,
         DivergenceGuard(),
         TrainingSignals(),
         *schedules,
@@ -404,16 +427,13 @@ def fit(
         EpochLogger(train.epochs),
         backup,  # last: it saves the others' state after they have updated it
     ]
-    arrays = (x_train, y_train) if sample_weight is None else (x_train, y_train, sample_weight)
-    batches = epoch_batches(arrays, train.batch_size, seed, first_epoch, train.epochs)
     start = time.perf_counter()
     history = model.fit(
-        batches,
+        batches.dataset,
         class_weight=class_weight,
         validation_data=data["valid"],
         epochs=train.epochs,
-        steps_per_epoch=steps_per_epoch,
-        shuffle=False,  # epoch_batches shuffles, by epoch number
+        shuffle=False,  # ShuffledBatches shuffles, by epoch number
         callbacks=callbacks,
         verbose=0,
     )
