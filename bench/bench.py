@@ -3,11 +3,17 @@
 Measures samples per second of one epoch after warm-up on synthetic data (rows x 64 float32
 features, 10 classes) with a (300, 100) MLP, for:
   (a) mlpipe: the model from `models.build_model`, compiled by `training.compile_model`
-      (steps_per_execution auto) and fed by `training.epoch_batches`;
-  (b) plain Keras: the same layers without preprocessing, `model.fit(numpy_x, numpy_y)`;
-  (c) scikit-learn's MLPClassifier((300, 100)) with the same batch size (one partial_fit).
-Also NumPy's float32 matrix-multiply rate, the wall time of the DVC pipeline (no-op and forced,
-in a temporary clone) against one plain script doing the same work, and the peak memory of
+      (steps_per_execution auto), fed by `training.ShuffledBatches`, with TensorFlow's threads
+      set by `train.op_threads: auto` as the train stage sets them;
+  (b) plain Keras: the same layers without preprocessing, `model.fit(numpy_x, numpy_y)`, with
+      TensorFlow's default settings;
+  (c) scikit-learn's MLPClassifier((300, 100)) with the same batch size (partial_fit).
+TensorFlow fixes its thread pools at its first op, so (a) and (b) each run in a fresh child
+process, one after the other; an epoch's rate is the median of three timed epochs after one
+of warm-up, inside one `fit` (so fit's start-up and tear-down are not counted). Also: on
+digits, the validation accuracy after equal epochs of mlpipe's path and of `fit` on arrays;
+NumPy's float32 matrix-multiply rate; the wall time of the DVC pipeline (no-op and forced, in a
+temporary clone) against one plain script doing the same work; and the peak memory of
 training on 2M rows. Writes bench/results.json and bench/results.md.
 
     python bench/bench.py            # full sizes, a few minutes
@@ -20,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +38,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES, CLASSES, HIDDEN = 64, 10, (300, 100)
+BATCHES = (32, 256, 2048)
+DIGITS_EPOCHS, DIGITS_SEEDS = 20, (0, 1, 2)
 
 
 def synthetic(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -51,64 +60,145 @@ def schema() -> dict:
     }
 
 
-def epoch_rate(fit_one_epoch, rows: int) -> float:
-    """Samples per second of the second of two epochs: the first pays for tracing."""
-    fit_one_epoch()
-    start = time.perf_counter()
-    fit_one_epoch()
-    return rows / (time.perf_counter() - start)
+def median_rate(seconds: list[float], rows: int) -> float:
+    """Samples per second of the median timed epoch; the first epoch (tracing) is not timed."""
+    return rows / statistics.median(seconds[1:])
 
 
-def mlpipe_rate(x, y, batch_size: int) -> tuple[float, int]:
-    import pandas as pd
-
-    from mlpipe import features, models, runtime, training
-    from mlpipe.config import parse_params
-
-    params = parse_params(
-        {"model": {"hidden_units": list(HIDDEN)}, "train": {"batch_size": batch_size}}
-    )
-    runtime.seed_everything(0)
-    # As the train stage does: preprocessing learned once, the features computed once, and
-    # only the MLP behind it trained epoch after epoch.
-    frame = pd.DataFrame(x, columns=[f["name"] for f in schema()["features"]], copy=False)
-    preprocessor, model = models.split_model(models.build_model(params.model, schema(), frame))
-    x = features.transform(preprocessor, frame, schema())
-    del frame
-    steps = training.steps(len(y), batch_size)
-    training.compile_model(model, params.train, schema(), steps)
-    epoch = iter(range(10**6))
-
-    def one_epoch():
-        first = next(epoch)
-        batches = training.epoch_batches((x, y), batch_size, 0, first, first + 1)
-        model.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
-
-    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    return epoch_rate(one_epoch, len(y)), trainable
-
-
-def keras_rate(x, y, batch_size: int) -> float:
+def epoch_timer(seconds: list[float]):
+    """A Keras callback appending each epoch's wall time to `seconds`."""
     import keras
 
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [keras.Input((FEATURES,))]
-        + [keras.layers.Dense(u, activation="relu") for u in HIDDEN]
-        + [keras.layers.Dense(CLASSES, activation="softmax")]
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds.append(time.perf_counter() - self.start)
+
+    return EpochTimer()
+
+
+def mlpipe_params(batch_size: int):
+    from mlpipe.config import parse_params
+
+    return parse_params(
+        {"model": {"hidden_units": list(HIDDEN)}, "train": {"batch_size": batch_size}}
     )
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    return epoch_rate(lambda: model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0), len(x))
 
 
-def sklearn_rate(x, y, batch_size: int) -> float:
+def mlpipe_core(params, frame, schema: dict, seed: int):
+    """The MLP behind the preprocessing, and the preprocessing, as build and train make them."""
+    from mlpipe import models, runtime
+
+    runtime.seed_everything(seed)
+    return models.split_model(models.build_model(params.model, schema, frame))
+
+
+def mlpipe_fit(model, params, schema: dict, x, y, epochs: int, callbacks=()) -> None:
+    """Train as the train stage does: compile_model, then fit fed by ShuffledBatches."""
+    from mlpipe import training
+
+    steps = training.steps(len(y), params.train.batch_size)
+    training.compile_model(model, params.train, schema, steps)
+    batches = training.ShuffledBatches((x, y), params.train.batch_size, seed=0)
+    model.fit(
+        batches.dataset, epochs=epochs, callbacks=[batches, *callbacks], shuffle=False, verbose=0
+    )
+
+
+def mlpipe_rates(rows: int, batches: list[int], epochs: int) -> dict:
+    """(a), in a process whose TensorFlow threads follow train.op_threads: auto."""
+    import pandas as pd
+
+    from mlpipe import features, runtime
+
+    runtime.set_op_threads(runtime.op_threads("auto", batches[0]))
+    x, y = synthetic(rows)
+    frame = pd.DataFrame(x, columns=[f["name"] for f in schema()["features"]], copy=False)
+    rates = {}
+    for batch in batches:
+        params = mlpipe_params(batch)
+        preprocessor, model = mlpipe_core(params, frame, schema(), seed=0)
+        x_features = features.transform(preprocessor, frame, schema())
+        seconds: list[float] = []
+        mlpipe_fit(model, params, schema(), x_features, y, epochs, [epoch_timer(seconds)])
+        rates[batch] = median_rate(seconds, rows)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    return {"rates": rates, "trainable_params": trainable}
+
+
+def keras_rates(rows: int, batches: list[int], epochs: int) -> dict:
+    """(b): plain Keras, default settings."""
+    import keras
+
+    x, y = synthetic(rows)
+    rates = {}
+    for batch in batches:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [keras.Input((FEATURES,))]
+            + [keras.layers.Dense(u, activation="relu") for u in HIDDEN]
+            + [keras.layers.Dense(CLASSES, activation="softmax")]
+        )
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        seconds: list[float] = []
+        model.fit(
+            x, y, batch_size=batch, epochs=epochs, verbose=0, callbacks=[epoch_timer(seconds)]
+        )
+        rates[batch] = median_rate(seconds, rows)
+    return {"rates": rates}
+
+
+def sklearn_rate(x, y, batch_size: int, epochs: int) -> float:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
     model = MLPClassifier(hidden_layer_sizes=HIDDEN, batch_size=batch_size, random_state=0)
+    seconds = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return epoch_rate(lambda: model.partial_fit(x, y, classes=np.arange(CLASSES)), len(x))
+        for _ in range(epochs):
+            start = time.perf_counter()
+            model.partial_fit(x, y, classes=np.arange(CLASSES))
+            seconds.append(time.perf_counter() - start)
+    return median_rate(seconds, len(y))
+
+
+def digits_accuracy(epochs: int, seeds: list[int]) -> dict:
+    """Validation accuracy on digits after `epochs` epochs at batch 32, per seed: the same
+    network and features, fed by mlpipe's path and by `fit` on arrays (shuffle=True)."""
+    from mlpipe import data, features, runtime
+
+    params = mlpipe_params(32)
+    runtime.set_op_threads(runtime.op_threads("auto", 32))
+    frame, default_target = data.load_source(params.data)
+    splits, digits = data.prepare(frame, default_target, params.data, params.seed)
+    scores: dict[str, list[float]] = {"mlpipe": [], "keras_fit": []}
+    for seed in seeds:
+        for path in scores:
+            preprocessor, model = mlpipe_core(params, splits["train"], digits, seed)
+            xy = features.matrices(preprocessor, splits, digits)
+            (x, y), valid = xy["train"], xy["valid"]
+            if path == "mlpipe":
+                mlpipe_fit(model, params, digits, x, y, epochs)
+            else:
+                from mlpipe import training
+
+                training.compile_model(model, params.train, digits, training.steps(len(y), 32))
+                model.fit(np.asarray(x), y, batch_size=32, epochs=epochs, verbose=0)
+            logs = model.evaluate(np.asarray(valid[0]), valid[1], verbose=0, return_dict=True)
+            scores[path].append(round(float(logs["accuracy"]), 4))
+    return scores
+
+
+def child(command: list[str]) -> dict:
+    """Run this script with `command` in a fresh process; its last stdout line is JSON."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, __file__, *command], check=True, capture_output=True, text=True, env=env
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def sgemm_gflops(n: int) -> float:
@@ -163,8 +253,7 @@ def peak_rss_gb(rows: int) -> float:
 
 
 def memory_probe(rows: int) -> None:
-    x, y = synthetic(rows)
-    mlpipe_rate(x, y, batch_size=2048)
+    mlpipe_rates(rows, [2048], epochs=1)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2)  # KiB -> GiB
 
 
@@ -187,31 +276,67 @@ def markdown(results: dict) -> str:
         f"MLP {HIDDEN}. NumPy sgemm: {results['sgemm_gflops']:.0f} GFLOP/s; mlpipe at "
         f"batch 2048 reaches {results['sgemm_fraction_bs2048']:.2f} of it."
     )
+    digits = results["digits_valid_accuracy"]
+    lines.append(
+        f"Digits, validation accuracy after {digits['epochs']} epochs at batch 32 (seeds "
+        f"{', '.join(map(str, digits['seeds']))}): mlpipe's path "
+        f"{', '.join(f'{a:.4f}' for a in digits['mlpipe'])}; `fit` on arrays "
+        f"{', '.join(f'{a:.4f}' for a in digits['keras_fit'])}."
+    )
     for key in ("e2e_repro_s", "noop_repro_s", "plain_script_s", "peak_rss_gb_2m_rows"):
         if results.get(key) is not None:
             lines.append(f"- `{key}`: {results[key]}")
     return "\n".join(lines) + "\n"
 
 
+def run_child(args) -> dict:
+    if args.child == "mlpipe":
+        return mlpipe_rates(args.rows, args.batches, args.epochs)
+    if args.child == "keras":
+        return keras_rates(args.rows, args.batches, args.epochs)
+    return digits_accuracy(args.epochs, args.seeds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes; skip DVC and memory")
     parser.add_argument("--memory-probe", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["mlpipe", "keras", "digits"], help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
+    numbers = lambda v: [int(n) for n in v.split(",")]  # noqa: E731
+    parser.add_argument("--batches", type=numbers, help=argparse.SUPPRESS)
+    parser.add_argument("--seeds", type=numbers, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=ROOT / "bench")
     args = parser.parse_args()
     if args.memory_probe:
         memory_probe(args.memory_probe)
         return
+    if args.child:
+        print(json.dumps(run_child(args)))
+        return
 
     rows = 4_000 if args.quick else 200_000
+    epochs = 2 if args.quick else 4  # one of warm-up, then the timed ones
+    sizes = ["--rows", str(rows), "--epochs", str(epochs)]
+    rates: dict[int, dict[str, float]] = {b: {} for b in BATCHES}
+    params = 0
+    for batch in BATCHES:
+        # A process per batch size: op_threads auto depends on it.
+        run = child(["--child", "mlpipe", "--batches", str(batch), *sizes])
+        rates[batch]["mlpipe"] = run["rates"][str(batch)]
+        params = run["trainable_params"]
+    keras_run = child(["--child", "keras", "--batches", ",".join(map(str, BATCHES)), *sizes])
     x, y = synthetic(rows)
-    rates, params = {}, 0
-    for batch in (32, 256, 2048):
-        mlpipe, params = mlpipe_rate(x, y, batch)
-        rates[batch] = {"mlpipe": mlpipe, "keras_fit": keras_rate(x, y, batch)}
+    for batch in BATCHES:
+        rates[batch]["keras_fit"] = keras_run["rates"][str(batch)]
         if batch != 2048:
-            rates[batch]["sklearn"] = sklearn_rate(x, y, batch)
+            rates[batch]["sklearn"] = sklearn_rate(x, y, batch, epochs)
         print(batch, {k: round(v) for k, v in rates[batch].items()}, flush=True)
+    seeds = DIGITS_SEEDS[:1] if args.quick else DIGITS_SEEDS
+    digits_epochs = 2 if args.quick else DIGITS_EPOCHS
+    seed_list = ",".join(map(str, seeds))
+    digits = child(["--child", "digits", "--epochs", str(digits_epochs), "--seeds", seed_list])
     gflops = sgemm_gflops(512 if args.quick else 4096)
     results = {
         "rows": rows,
@@ -224,6 +349,7 @@ def main() -> None:
         "ratio_vs_sklearn": round(rates[32]["mlpipe"] / rates[32]["sklearn"], 3),
         "sgemm_gflops": round(gflops, 1),
         "sgemm_fraction_bs2048": round(6 * params * rates[2048]["mlpipe"] / 1e9 / gflops, 3),
+        "digits_valid_accuracy": {"epochs": digits_epochs, "seeds": list(seeds), **digits},
         "noop_repro_s": None,
         "e2e_repro_s": None,
         "plain_script_s": None,

@@ -14,6 +14,7 @@ from mlpipe.config import load_params
 
 def main(repo: Path) -> None:
     params = load_params(repo / "params.yaml")
+    runtime.set_op_threads(runtime.op_threads(params.train.op_threads, params.train.batch_size))
     frame, default_target = data.load_source(params.data)
     splits, schema = data.prepare(frame, default_target, params.data, params.seed)
 

@@ -44,6 +44,8 @@ def main() -> None:
 
     from mlpipe import callbacks, features, models, runtime, training
 
+    runtime.set_op_threads(runtime.op_threads(params.train.op_threads, params.train.batch_size))
+
     # Model, and the checks of params against it that Keras would only fail on mid-fit
     schema = data.read_schema(args.prepared)
     runtime.seed_everything(params.seed)

@@ -28,3 +28,7 @@ def test_quick_benchmark_writes_results(tmp_path):
     )
     assert results["trainable_params"] == 64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
     assert "| 32 |" in (tmp_path / "results.md").read_text()
+    digits = results["digits_valid_accuracy"]
+    for path in ("mlpipe", "keras_fit"):
+        assert len(digits[path]) == len(digits["seeds"])
+        assert all(0.5 < accuracy <= 1 for accuracy in digits[path]), digits

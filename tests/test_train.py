@@ -104,6 +104,7 @@ def test_stage_replaces_model_only_when_training_succeeds(prepared_dir, tmp_path
     (tmp_path / "rate.json").write_text(json.dumps(record))
     result = run_stage("train", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert "TensorFlow ops use 1 thread(s) each" in result.stderr  # batch 32: op_threads auto
     summary = json.loads((tmp_path / "train.json").read_text())
     assert set(summary) == {
         "epochs_run",
@@ -188,6 +189,15 @@ def test_diverging_loss_fails_with_epoch_and_batch(digits, tmp_path, steps_per_e
     with pytest.raises(callbacks.TrainingDiverged, match=rf"loss became nan at epoch 1, {where}"):
         fit_tiny(digits, tmp_path, optimizer=optimizer, steps_per_execution=steps_per_execution)
     assert not (tmp_path / "best.keras").exists()
+
+
+def test_op_threads_auto_rule():
+    assert runtime.op_threads("auto", batch_size=32) == 1
+    assert runtime.op_threads("auto", batch_size=512) == 1
+    assert runtime.op_threads("auto", batch_size=513) == 0  # TensorFlow's default: all cores
+    assert runtime.op_threads(4, batch_size=32) == 4
+    with pytest.raises(MlpipeError, match="train.op_threads"):
+        tiny_params(train={"op_threads": -1})
 
 
 def test_steps_per_execution_auto_rule():

@@ -310,6 +310,11 @@ class TrainParams(Section):
         "auto",
         description="Batches per call into TensorFlow; `auto`: up to 128, or 1 under one_cycle.",
     )
+    op_threads: Literal["auto"] | Annotated[int, Field(ge=0)] = Field(
+        "auto",
+        description="Threads one TensorFlow op may use; 0: all cores; `auto`: 1 for batches of "
+        "up to 512 rows, else all cores.",
+    )
     monitor: str = Field(
         "val_loss",
         pattern=r"^val_[a-z_]+$",
