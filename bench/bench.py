@@ -9,7 +9,7 @@ features, 10 classes) with a (300, 100) MLP, for:
       TensorFlow's default settings;
   (c) scikit-learn's MLPClassifier((300, 100)) with the same batch size (partial_fit).
 TensorFlow fixes its thread pools at its first op, so (a) and (b) each run in a fresh child
-process, one after the other; an epoch's rate is the median of three timed epochs after one
+process, one after the other; an epoch's rate is the median of five timed epochs after one
 of warm-up, inside one `fit` (so fit's start-up and tear-down are not counted). Also: on
 digits, the validation accuracy after equal epochs of mlpipe's path and of `fit` on arrays;
 NumPy's float32 matrix-multiply rate; the wall time of the DVC pipeline (no-op and forced, in a
@@ -253,7 +253,7 @@ def peak_rss_gb(rows: int) -> float:
 
 
 def memory_probe(rows: int) -> None:
-    mlpipe_rates(rows, [2048], epochs=1)
+    mlpipe_rates(rows, [2048], epochs=2)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2)  # KiB -> GiB
 
 
@@ -317,7 +317,7 @@ def main() -> None:
         return
 
     rows = 4_000 if args.quick else 200_000
-    epochs = 2 if args.quick else 4  # one of warm-up, then the timed ones
+    epochs = 2 if args.quick else 6  # one of warm-up, then the timed ones
     sizes = ["--rows", str(rows), "--epochs", str(epochs)]
     rates: dict[int, dict[str, float]] = {b: {} for b in BATCHES}
     params = 0
