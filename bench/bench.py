@@ -366,6 +366,11 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "results.md").write_text(markdown(results))
     print(markdown(results))
+    if args.out == ROOT / "bench":
+        from mlpipe.report import fill_include
+
+        readme = ROOT / "README.md"
+        readme.write_text(fill_include(readme.read_text(), "bench/results.md", markdown(results)))
 
 
 if __name__ == "__main__":

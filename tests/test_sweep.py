@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from mlpipe import cli, sweep
+from mlpipe import cli, report, sweep
 from mlpipe.sweep import SweepError
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -172,9 +172,13 @@ def test_readme_block_is_replaced_only_for_its_results_file():
         "intro\n<!-- sweep results: sweeps/results/a.md -->\nold a\n<!-- end of sweep results -->\n"
         "<!-- sweep results: sweeps/results/b.md -->\nold b\n<!-- end of sweep results -->\n"
     )
-    updated = sweep.update_readme(text, "sweeps/results/a.md", "new a\n")
+    updated = report.fill_include(text, "sweeps/results/a.md", "new a\n")
     assert "new a\n<!-- end" in updated and "old a" not in updated and "old b" in updated
-    assert sweep.update_readme(text, "sweeps/results/c.md", "x") == text
+    assert report.fill_include(text, "sweeps/results/c.md", "x") == text
+    bench = "<!-- bench results: bench/results.md -->\nold\n<!-- end of bench results -->\n"
+    assert report.fill_include(text + bench, "bench/results.md", "new\n").endswith(
+        "<!-- bench results: bench/results.md -->\nnew\n<!-- end of bench results -->\n"
+    )
 
 
 def test_sweep_refuses_to_clash_with_other_experiments(tmp_path):

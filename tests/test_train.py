@@ -196,7 +196,7 @@ def test_op_threads_auto_rule():
     assert runtime.op_threads("auto", batch_size=512) == 1
     assert runtime.op_threads("auto", batch_size=513) == 0  # TensorFlow's default: all cores
     assert runtime.op_threads(4, batch_size=32) == 4
-    with pytest.raises(MlpipeError, match="train.op_threads"):
+    with pytest.raises(MlpipeError, match=r"train\.op_threads"):
         tiny_params(train={"op_threads": -1})
 
 

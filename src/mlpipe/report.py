@@ -8,6 +8,7 @@ neither TensorFlow nor scikit-learn, so it runs in a second.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -176,6 +177,25 @@ def results_markdown(evaluate: dict, train: dict | None = None) -> str:
             f"the best by {train['monitor']}.",
         ]
     return "\n".join(lines)
+
+
+INCLUDE = re.compile(
+    r"(<!-- (?P<what>[a-z]+ results): (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- end of (?P=what) -->)",
+    re.DOTALL,
+)
+
+
+def fill_include(text: str, path: str, content: str) -> str:
+    """Replace the body of each block `<!-- <what> results: <path> -->` ... `<!-- end of <what>
+    results -->` (what: sweep, bench) with `content`, the file at `path`; text without such a
+    block comes back unchanged."""
+
+    def fill(match: re.Match) -> str:
+        if match["path"] != path:
+            return match[0]
+        return match[1] + content + match[5]
+
+    return INCLUDE.sub(fill, text)
 
 
 def replace_results(readme: str, block: str) -> str:

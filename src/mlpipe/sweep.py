@@ -13,7 +13,6 @@ import copy
 import itertools
 import json
 import math
-import re
 import subprocess
 import sys
 import textwrap
@@ -28,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from mlpipe import MlpipeError
 from mlpipe.config import ParamsError, parse_params, read_yaml
+from mlpipe.report import fill_include
 
 OBJECTIVE_FILE = "metrics/train.json"
 TEST_FILE = "metrics/evaluate.json"
@@ -329,24 +329,6 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-MARKER = re.compile(
-    r"(<!-- sweep results: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- end of sweep results -->)",
-    re.DOTALL,
-)
-
-
-def update_readme(text: str, results_path: str, content: str) -> str:
-    """Replace the block `<!-- sweep results: <results_path> -->` ... `<!-- end of sweep
-    results -->` with `content`; text without that block comes back unchanged."""
-
-    def fill(match: re.Match) -> str:
-        if match["path"] != results_path:
-            return match[0]
-        return match[1] + content + match[4]
-
-    return MARKER.sub(fill, text)
-
-
 Runner = Callable[..., subprocess.CompletedProcess]
 
 
@@ -466,7 +448,7 @@ def run_sweep(
         print(f"wrote {target}", file=sys.stderr)
         if readme is not None and readme.is_file():
             text = readme.read_text()
-            updated = update_readme(text, target.as_posix(), report)
+            updated = fill_include(text, target.as_posix(), report)
             if updated != text:
                 io.write_text(readme, updated)
                 print(f"updated the block for {target} in {readme}", file=sys.stderr)
