@@ -104,9 +104,16 @@ def mlpipe_fit(model, params, schema: dict, x, y, epochs: int, callbacks=()) -> 
 
     steps = training.steps(len(y), params.train.batch_size)
     training.compile_model(model, params.train, schema, steps)
-    batches = training.ShuffledBatches((x, y), params.train.batch_size, seed=0)
+    batches = training.ShuffledBatches(
+        (x, y), params.train.batch_size, 0, 0, epochs, model.steps_per_execution
+    )
     model.fit(
-        batches.dataset, epochs=epochs, callbacks=[batches, *callbacks], shuffle=False, verbose=0
+        batches.dataset,
+        epochs=epochs,
+        steps_per_epoch=batches.steps_per_epoch,
+        callbacks=[batches, *callbacks],
+        shuffle=False,
+        verbose=0,
     )
 
 

@@ -230,24 +230,48 @@ def test_steps_per_execution_does_not_change_what_is_learned(digits, tmp_path):
 
 
 @pytest.mark.parametrize("seed", [0, 42])
-def test_each_epoch_is_shuffled_by_seed_and_epoch_alone(seed):
+@pytest.mark.parametrize("steps_per_execution", [3, 2])  # 3 batches per epoch: one stream
+def test_each_epoch_is_shuffled_by_seed_and_epoch_alone(seed, steps_per_execution):
     x = np.arange(20, dtype="float32").reshape(10, 2)
     y = np.arange(10)
-    batches = training.ShuffledBatches((x, y), 4, seed)
 
-    def epoch(number):
-        batches.on_epoch_begin(number)
-        return [b[1].tolist() for b in batches.dataset.as_numpy_iterator()]
+    def epochs(first):
+        """Labels of each batch, per epoch from `first` to 3, as fit would read them."""
+        batches = training.ShuffledBatches((x, y), 4, seed, first, 4, steps_per_execution)
+        if batches.steps_per_epoch:  # one stream of every epoch
+            assert batches.steps_per_epoch == 3
+            labels = [b[1].tolist() for b in batches.dataset.as_numpy_iterator()]
+            return [labels[i : i + 3] for i in range(0, len(labels), 3)]
+        assert batches.dataset.cardinality() == 3  # one epoch, passed over once per epoch
+        passes = []
+        for number in range(first, 4):
+            batches.on_epoch_begin(number)
+            passes.append([b[1].tolist() for b in batches.dataset.as_numpy_iterator()])
+        return passes
 
-    first = [epoch(n) for n in range(4)]
-    for labels in first:
-        assert [len(b) for b in labels] == [4, 4, 2]  # each pass is one epoch, ending there
+    from_start = epochs(0)
+    assert len(from_start) == 4
+    for labels in from_start:
+        assert [len(b) for b in labels] == [4, 4, 2]  # epochs end where their rows do
         assert sorted(np.concatenate(labels).tolist()) == list(range(10))  # every row once
-    assert first[0] != first[1]
-    assert [epoch(n) for n in (3, 2)] == [first[3], first[2]]  # whatever came before
-    assert batches.dataset.cardinality() == 3
-    batch = next(batches.dataset.as_numpy_iterator())
+    assert from_start[0] != from_start[1]
+    assert epochs(2) == from_start[2:]  # epoch k's batches, whatever came before
+    one_pass = training.ShuffledBatches((x, y), 4, seed, 0, 1, steps_per_execution)
+    batch = next(one_pass.dataset.as_numpy_iterator())
     np.testing.assert_array_equal(batch[0][:, 0], batch[1] * 2)  # rows stay whole
+
+
+def test_both_kinds_of_stream_give_the_same_batches():
+    x = np.arange(20, dtype="float32").reshape(10, 2)
+    y = np.arange(10)
+    stream = training.ShuffledBatches((x, y), 4, 5, 0, 2, 3)
+    passes = training.ShuffledBatches((x, y), 4, 5, 0, 2, 2)
+    streamed = [b[1].tolist() for b in stream.dataset.as_numpy_iterator()]
+    passed = []
+    for number in range(2):
+        passes.on_epoch_begin(number)
+        passed += [b[1].tolist() for b in passes.dataset.as_numpy_iterator()]
+    assert streamed == passed
 
 
 def test_an_unresolved_auto_rate_never_reaches_the_optimizer():

@@ -290,35 +290,56 @@ def n_rows(x) -> int:
 
 
 class ShuffledBatches(keras.callbacks.Callback):
-    """The training data as `fit` reads it: `dataset` holds one epoch of batches, and this
-    callback, passed to the same `fit`, makes each epoch a new pass shuffled by (seed, epoch).
+    """The training data as `fit` reads it, for epochs first_epoch..epochs-1: pass `dataset`
+    and `steps_per_epoch` to `fit`, and this callback to the same `fit`.
 
     `arrays` is (x, y) or (x, y, sample_weight), where x and y may be dicts of arrays (a model
     with several inputs or outputs); every array is cut by the same rows.
 
     Keras's own shuffling draws from one random stream, so a run resumed at epoch k would see
     other batches than an uninterrupted one. Seeding each epoch's shuffle by its number makes
-    the batches of epoch k the same however the run got there. The dataset ends with each
-    epoch, because Keras runs `steps_per_execution` batches per call whatever
-    `steps_per_epoch` says: fed one stream of all epochs, an epoch whose batch count is not a
-    multiple of it would take the next epoch's first batches.
+    the batches of epoch k the same however the run got there.
+
+    Keras runs `steps_per_execution` batches per call whatever `steps_per_epoch` says. When
+    that divides an epoch's batches, `dataset` is one stream of all epochs. Otherwise a stream
+    would let an epoch's last call take the next epoch's first batches, so `dataset` is one
+    epoch, which Keras passes over anew each epoch (`steps_per_epoch` None), and the callback
+    tells it which epoch to shuffle for; a new pass costs about 40 ms.
     """
 
-    def __init__(self, arrays: tuple, batch_size: int, seed: int):
+    def __init__(
+        self,
+        arrays: tuple,
+        batch_size: int,
+        seed: int,
+        first_epoch: int,
+        epochs: int,
+        steps_per_execution: int,
+    ):
         super().__init__()
+        batches = steps(n_rows(arrays), batch_size)
         # Read by the dataset each time Keras starts a pass over it (after on_epoch_begin).
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.dataset = epoch_batches(arrays, batch_size, seed, self.epoch)
+        self.epoch = tf.Variable(first_epoch, dtype=tf.int64, trainable=False)
+        if batches % steps_per_execution == 0:
+            numbers = tf.data.Dataset.range(first_epoch, epochs)
+            self.steps_per_epoch = batches
+        else:
+            numbers = tf.data.Dataset.range(1).map(lambda _: self.epoch.read_value())
+            self.steps_per_epoch = None
+        self.dataset = epoch_batches(arrays, batch_size, seed, numbers)
+        if self.steps_per_epoch is None:
+            # The batch count is known, so Keras knows each epoch's steps without being told.
+            self.dataset = self.dataset.apply(tf.data.experimental.assert_cardinality(batches))
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch.assign(epoch)
 
 
-def epoch_batches(arrays: tuple, batch_size: int, seed: int, epoch) -> tf.data.Dataset:
-    """One epoch of batches of `arrays`, in the order that (seed, epoch) alone decides.
-
-    `epoch` is a number, or a tf.Variable read anew by every pass over the dataset.
-    """
+def epoch_batches(
+    arrays: tuple, batch_size: int, seed: int, epochs: tf.data.Dataset
+) -> tf.data.Dataset:
+    """The batches of `arrays` for each epoch number in `epochs`, in the order that (seed,
+    epoch) alone decides."""
     # tf.data would embed a captured tensor in its graph: another copy of the table. A variable
     # is captured by reference (features.transform already returns one).
     columns = tuple(
@@ -349,18 +370,12 @@ def epoch_batches(arrays: tuple, batch_size: int, seed: int, epoch) -> tf.data.D
         # Dicts of inputs or labels were cut as flat columns: give each batch their shape back.
         return batches.map(lambda *c: tf.nest.pack_sequence_as(arrays, list(c)))
 
-    def one_epoch(_):
-        key = tf.stack([tf.constant(seed, tf.int64), tf.convert_to_tensor(epoch, tf.int64)])
+    def one_epoch(epoch):
+        key = tf.stack([tf.constant(seed, tf.int64), epoch])
         order = tf.random.experimental.stateless_shuffle(tf.range(rows_total, dtype=tf.int64), key)
         return tf.data.Dataset.from_tensor_slices(order).batch(block).flat_map(batches_of)
 
-    # The batch count is known, so Keras knows each epoch's steps without a steps_per_epoch.
-    return (
-        tf.data.Dataset.from_tensors(0)
-        .flat_map(one_epoch)
-        .apply(tf.data.experimental.assert_cardinality(steps(rows_total, batch_size)))
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    return epochs.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
 
 
 def trim_dvclive(live_dir: Path, epochs_kept: int) -> None:
@@ -390,8 +405,6 @@ def fit(
     """
     x_train, y_train = data["train"]
     steps_per_epoch = steps(n_rows(x_train), train.batch_size)
-    arrays = (x_train, y_train) if sample_weight is None else (x_train, y_train, sample_weight)
-    batches = ShuffledBatches(arrays, train.batch_size, seed)
     early_stopping = keras.callbacks.EarlyStopping(
         monitor=train.monitor,
         mode=monitor_mode(train.monitor),
@@ -406,6 +419,10 @@ def fit(
     ]
     backup = ResumableBackup(dirs.backup, fingerprint, steering)
     first_epoch = backup.resume_epoch()
+    arrays = (x_train, y_train) if sample_weight is None else (x_train, y_train, sample_weight)
+    batches = ShuffledBatches(
+        arrays, train.batch_size, seed, first_epoch, train.epochs, model.steps_per_execution
+    )
     if first_epoch == 0:
         shutil.rmtree(dirs.tensorboard, ignore_errors=True)
         dirs.checkpoint.unlink(missing_ok=True)
@@ -433,6 +450,7 @@ def fit(
         class_weight=class_weight,
         validation_data=data["valid"],
         epochs=train.epochs,
+        steps_per_epoch=batches.steps_per_epoch,
         shuffle=False,  # ShuffledBatches shuffles, by epoch number
         callbacks=callbacks,
         verbose=0,
