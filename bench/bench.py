@@ -83,7 +83,7 @@ def epoch_timer(seconds: list[float]):
 
 
 def mlpipe_params(batch_size: int):
-    from mlpipe.config import parse_params
+    from mlpipe.params import parse_params
 
     return parse_params(
         {"model": {"hidden_units": list(HIDDEN)}, "train": {"batch_size": batch_size}}
@@ -92,7 +92,8 @@ def mlpipe_params(batch_size: int):
 
 def mlpipe_core(params, frame, schema: dict, seed: int):
     """The MLP behind the preprocessing, and the preprocessing, as build and train make them."""
-    from mlpipe import models, runtime
+    from mlpipe.modeling import models
+    from mlpipe.util import runtime
 
     runtime.seed_everything(seed)
     return models.split_model(models.build_model(params.model, schema, frame))
@@ -100,11 +101,11 @@ def mlpipe_core(params, frame, schema: dict, seed: int):
 
 def mlpipe_fit(model, params, schema: dict, x, y, epochs: int, callbacks=()) -> None:
     """Train as the train stage does: compile_model, then fit fed by ShuffledBatches."""
-    from mlpipe import training
+    from mlpipe.training import loop
 
-    steps = training.steps(len(y), params.train.batch_size)
-    training.compile_model(model, params.train, schema, steps)
-    batches = training.ShuffledBatches(
+    steps = loop.steps(len(y), params.train.batch_size)
+    loop.compile_model(model, params.train, schema, steps)
+    batches = loop.ShuffledBatches(
         (x, y), params.train.batch_size, 0, 0, epochs, model.steps_per_execution
     )
     model.fit(
@@ -121,7 +122,8 @@ def mlpipe_rates(rows: int, batches: list[int], epochs: int) -> dict:
     """(a), in a process whose TensorFlow threads follow train.op_threads: auto."""
     import pandas as pd
 
-    from mlpipe import features, runtime
+    from mlpipe import features
+    from mlpipe.util import runtime
 
     runtime.set_op_threads(runtime.op_threads("auto", batches[0]))
     x, y = synthetic(rows)
@@ -178,12 +180,13 @@ def sklearn_rate(x, y, batch_size: int, epochs: int) -> float:
 def digits_accuracy(epochs: int, seeds: list[int]) -> dict:
     """Validation accuracy on digits after `epochs` epochs at batch 32, per seed: the same
     network and features, fed by mlpipe's path and by `fit` on arrays (shuffle=True)."""
-    from mlpipe import data, features, runtime
+    from mlpipe import dataset, features
+    from mlpipe.util import runtime
 
     params = mlpipe_params(32)
     runtime.set_op_threads(runtime.op_threads("auto", 32))
-    frame, default_target = data.load_source(params.data)
-    splits, digits = data.prepare(frame, default_target, params.data, params.seed)
+    frame, default_target = dataset.load_source(params.data)
+    splits, digits = dataset.prepare(frame, default_target, params.data, params.seed)
     scores: dict[str, list[float]] = {"mlpipe": [], "keras_fit": []}
     for seed in seeds:
         for path in scores:
@@ -193,9 +196,9 @@ def digits_accuracy(epochs: int, seeds: list[int]) -> dict:
             if path == "mlpipe":
                 mlpipe_fit(model, params, digits, x, y, epochs)
             else:
-                from mlpipe import training
+                from mlpipe.training import loop
 
-                training.compile_model(model, params.train, digits, training.steps(len(y), 32))
+                loop.compile_model(model, params.train, digits, loop.steps(len(y), 32))
                 model.fit(np.asarray(x), y, batch_size=32, epochs=epochs, verbose=0)
             logs = model.evaluate(np.asarray(valid[0]), valid[1], verbose=0, return_dict=True)
             scores[path].append(round(float(logs["accuracy"]), 4))
@@ -374,7 +377,7 @@ def main() -> None:
     (args.out / "results.md").write_text(markdown(results))
     print(markdown(results))
     if args.out == ROOT / "bench":
-        from mlpipe.report import fill_include
+        from mlpipe.tools.report import fill_include
 
         readme = ROOT / "README.md"
         readme.write_text(fill_include(readme.read_text(), "bench/results.md", markdown(results)))

@@ -13,8 +13,11 @@ import pandas as pd
 from sklearn.datasets import make_classification
 from sklearn.metrics import balanced_accuracy_score, recall_score
 
-from mlpipe import data, features, models, runtime, training
-from mlpipe.config import parse_params
+from mlpipe import dataset, features
+from mlpipe.modeling import models
+from mlpipe.params import parse_params
+from mlpipe.training import loop
+from mlpipe.util import runtime
 
 
 def imbalanced_frame(seed: int = 0, rows: int = 3000) -> pd.DataFrame:
@@ -40,20 +43,18 @@ def train_and_score(frame: pd.DataFrame, class_weight, seed: int = 0) -> dict:
             "train": {"epochs": 30, "class_weight": class_weight},
         }
     )
-    splits, schema = data.prepare(frame, None, params.data, seed)
+    splits, schema = dataset.prepare(frame, None, params.data, seed)
     runtime.seed_everything(seed)
     preprocessor, model = models.split_model(
         models.build_model(params.model, schema, splits["train"])
     )
     xy = features.matrices(preprocessor, splits, schema)
-    steps = training.steps(len(xy["train"][1]), params.train.batch_size)
-    training.compile_model(model, params.train, schema, steps)
-    weights = training.class_weights(params.train, schema, xy["train"][1])
+    steps = loop.steps(len(xy["train"][1]), params.train.batch_size)
+    loop.compile_model(model, params.train, schema, steps)
+    weights = loop.class_weights(params.train, schema, xy["train"][1])
     with tempfile.TemporaryDirectory() as tmp:
-        dirs = training.RunDirs(
-            *(Path(tmp, name) for name in ("best.weights.h5", "tb", "live", "bk"))
-        )
-        training.fit(model, params.train, xy, dirs, seed, "demo", class_weight=weights)
+        dirs = loop.RunDirs(*(Path(tmp, name) for name in ("best.weights.h5", "tb", "live", "bk")))
+        loop.fit(model, params.train, xy, dirs, seed, "demo", class_weight=weights)
     x_test, y_test = xy["test"]
     predicted = (model.predict(x_test, verbose=0)[:, 0] > 0.5).astype(int)
     return {

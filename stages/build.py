@@ -16,8 +16,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from mlpipe import data, io, stage
-from mlpipe.config import load_params
+from mlpipe import dataset
+from mlpipe.params import load_params
+from mlpipe.util import files, stage
 
 log = logging.getLogger("mlpipe.build")
 
@@ -30,20 +31,21 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
 
-    from mlpipe import models, runtime
+    from mlpipe.modeling import models
+    from mlpipe.util import runtime
 
     runtime.seed_everything(params.seed)
 
     # Data: only the training split is seen here
-    schema = data.read_schema(args.prepared)
-    train = data.read_splits(args.prepared, ("train",))["train"]
+    schema = dataset.read_schema(args.prepared)
+    train = dataset.read_splits(args.prepared, ("train",))["train"]
 
     # Build and save
     model = models.build_model(params.model, schema, train)
     summary = models.summary_text(model)
     log.info("built %s with %d parameters", model.name, model.count_params())
     models.save_model_folder(model, args.model)
-    io.write_text(args.summary, summary)
+    files.write_text(args.summary, summary)
 
 
 if __name__ == "__main__":

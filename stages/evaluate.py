@@ -15,8 +15,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from mlpipe import baselines, data, io, metrics, plots, stage
-from mlpipe.config import load_params
+from mlpipe import dataset
+from mlpipe.evaluation import baselines, metrics, plots
+from mlpipe.params import load_params
+from mlpipe.util import files, stage
 
 log = logging.getLogger("mlpipe.evaluate")
 SPLITS = ("valid", "test")
@@ -33,17 +35,18 @@ def main() -> None:
     params = load_params()
 
     # Data: a threshold naming no metric of this task fails before any work
-    schema = data.read_schema(args.prepared)
+    schema = dataset.read_schema(args.prepared)
     metrics.check_threshold_names(params.evaluate.thresholds, schema["task"])
-    splits = data.read_splits(args.prepared)
+    splits = dataset.read_splits(args.prepared)
 
-    from mlpipe import features, models
+    from mlpipe import features
+    from mlpipe.modeling import models
 
     # Predict: raw columns in, as in serving. `raw` is the main output's predictions.
     model = models.load_model_folder(args.model)
     y, outputs, raw = {}, {}, {}
     for name in SPLITS:
-        inputs, y[name] = data.inputs_and_target(splits[name], schema)
+        inputs, y[name] = dataset.inputs_and_target(splits[name], schema)
         outputs[name] = features.predict(model, inputs, params.evaluate.batch_size)
         raw[name] = models.main_output(outputs[name])
 
@@ -57,10 +60,10 @@ def main() -> None:
     scores = metrics.by_split(split_scores)
     log.info("test: %s", " ".join(f"{k}={scores[k]}" for k in metrics.metric_names(schema["task"])))
     if params.evaluate.baselines:
-        columns = data.feature_names(schema)
+        columns = dataset.feature_names(schema)
         results = baselines.score_baselines(
             splits["train"][columns],
-            data.encode_target(splits["train"][schema["target"]], schema),
+            dataset.encode_target(splits["train"][schema["target"]], schema),
             {name: splits[name][columns] for name in SPLITS},
             y,
             schema["task"],
@@ -70,11 +73,11 @@ def main() -> None:
 
     # Write, then gate
     training = plots.read_training_curves(args.training) if args.training else None
-    files = plots.evaluation_files(schema, y["test"], raw["test"], training)
-    with io.atomic_dir(args.plots) as folder:
-        for name, content in files.items():
+    outputs = plots.evaluation_files(schema, y["test"], raw["test"], training)
+    with files.atomic_dir(args.plots) as folder:
+        for name, content in outputs.items():
             (folder / name).write_bytes(content)
-    io.write_json(args.metrics, scores)
+    files.write_json(args.metrics, scores)
     metrics.check_gate(scores, params.evaluate.thresholds, str(args.metrics))
 
 

@@ -14,8 +14,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from mlpipe import data, io, stage
-from mlpipe.config import load_params
+from mlpipe import dataset
+from mlpipe.params import load_params
+from mlpipe.util import files, stage
 
 log = logging.getLogger("mlpipe.export")
 
@@ -28,17 +29,18 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
 
-    from mlpipe import export, models
+    from mlpipe.modeling import models
+    from mlpipe.serving import export
 
-    schema = data.read_schema(args.prepared)
+    schema = dataset.read_schema(args.prepared)
     model = models.load_model_folder(args.model)
     info = export.metadata(schema, params, args.prepared / "train.parquet", model)
-    test = data.read_splits(args.prepared, ("test",))["test"]
-    sample = data.model_inputs(test.head(256), schema)  # to check converted formats on
+    test = dataset.read_splits(args.prepared, ("test",))["test"]
+    sample = dataset.model_inputs(test.head(256), schema)  # to check converted formats on
 
-    with io.atomic_dir(args.out) as tmp:
+    with files.atomic_dir(args.out) as tmp:
         export.write_formats(model, params.export, tmp, sample)
-        io.write_json(tmp / export.METADATA_FILE, info)
+        files.write_json(tmp / export.METADATA_FILE, info)
     log.info("exported %s to %s", ", ".join(info["formats"]), args.out)
 
 

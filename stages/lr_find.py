@@ -18,8 +18,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from mlpipe import io, lr_find, stage
-from mlpipe.config import learning_rate_record, load_params
+from mlpipe.params import learning_rate_record, load_params
+from mlpipe.training import lr_find
+from mlpipe.util import files, stage
 
 log = logging.getLogger("mlpipe.lr_find")
 
@@ -46,18 +47,21 @@ def main() -> None:
         result, summary = None, {"learning_rate": optimizer.learning_rate, "range_test": False}
         png = lr_find.curve_png(None, summary, note)
     else:
-        from mlpipe import data, features, models, runtime, training
+        from mlpipe import dataset, features
+        from mlpipe.modeling import models
+        from mlpipe.training import loop
+        from mlpipe.util import runtime
 
         # Data: the training split, as train sees it
-        schema = data.read_schema(args.prepared)
-        frame = data.read_splits(args.prepared, ("train",))["train"]
+        schema = dataset.read_schema(args.prepared)
+        frame = dataset.read_splits(args.prepared, ("train",))["train"]
         preprocessor, model = models.split_model(models.load_model_folder(args.untrained))
         outputs = models.output_names(model)
-        training.check_loss_weights(params.train.loss_weights, outputs)
+        loop.check_loss_weights(params.train.loss_weights, outputs)
         x = features.to_numpy(features.transform(preprocessor, frame, schema))
-        y = data.encode_target(frame[schema["target"]], schema)
-        x, y = training.label_outputs({"train": (x, y)}, outputs)["train"]
-        loss, loss_weights = training.output_losses(params.train.loss_weights, schema, outputs)
+        y = dataset.encode_target(frame[schema["target"]], schema)
+        x, y = loop.label_outputs({"train": (x, y)}, outputs)["train"]
+        loss, loss_weights = loop.output_losses(params.train.loss_weights, schema, outputs)
 
         # The range test, on a copy of the untrained MLP that is then thrown away
         runtime.seed_everything(params.seed)
@@ -67,7 +71,7 @@ def main() -> None:
             model,
             x,
             y,
-            optimizer=training.build_optimizer(optimizer, cfg.min_lr),
+            optimizer=loop.build_optimizer(optimizer, cfg.min_lr),
             loss=loss,
             loss_weights=loss_weights,
             min_lr=cfg.min_lr,
@@ -83,10 +87,10 @@ def main() -> None:
         png = lr_find.curve_png(result, summary)
 
     # Write: the record last, so that train never sees a rate without its curve
-    io.write_text(args.curve, lr_find.curve_csv(result))
-    io.write_bytes(args.png, png)
-    io.write_json(args.metrics, summary)
-    io.write_json(args.record, learning_rate_record(optimizer, summary.get("learning_rate")))
+    files.write_text(args.curve, lr_find.curve_csv(result))
+    files.write_bytes(args.png, png)
+    files.write_json(args.metrics, summary)
+    files.write_json(args.record, learning_rate_record(optimizer, summary.get("learning_rate")))
 
 
 if __name__ == "__main__":

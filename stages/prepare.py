@@ -12,8 +12,9 @@ import json
 import logging
 from pathlib import Path
 
-from mlpipe import data, io, stage
-from mlpipe.config import load_params
+from mlpipe import dataset
+from mlpipe.params import load_params
+from mlpipe.util import files, stage
 
 log = logging.getLogger("mlpipe.prepare")
 
@@ -31,10 +32,10 @@ def main() -> None:
     params = load_params()
 
     # Load and check
-    frame, default_target = data.load_source(params.data)
-    test = data.load_test_source(params.data)
-    files = [s for s in (params.data.source, params.data.test_source) if s and ":" not in s]
-    for source in files:
+    frame, default_target = dataset.load_source(params.data)
+    test = dataset.load_test_source(params.data)
+    user_files = [s for s in (params.data.source, params.data.test_source) if s and ":" not in s]
+    for source in user_files:
         if args.raw and not Path(source).resolve().is_relative_to(args.raw.resolve()):
             log.warning(
                 "%s is outside %s/: DVC will not rerun the pipeline when it changes",
@@ -43,12 +44,12 @@ def main() -> None:
             )
 
     # Check and split; then say what looks wrong without refusing it
-    splits, schema = data.prepare(frame, default_target, params.data, params.seed, test)
+    splits, schema = dataset.prepare(frame, default_target, params.data, params.seed, test)
     log.info("%s: %d rows, %d features", params.data.source, len(frame), len(schema["features"]))
-    warnings = data.data_warnings(splits, schema)
+    warnings = dataset.data_warnings(splits, schema)
     if args.previous and args.previous.is_file():
         try:
-            changes = data.schema_changes(schema, json.loads(args.previous.read_text()))
+            changes = dataset.schema_changes(schema, json.loads(args.previous.read_text()))
         except (ValueError, AttributeError, TypeError):
             changes = []
             log.warning("%s is unreadable; features not compared with it", args.previous)
@@ -60,11 +61,11 @@ def main() -> None:
         log.warning("%s", warning)
 
     # Write everything or nothing
-    with io.atomic_dir(args.out) as tmp:
+    with files.atomic_dir(args.out) as tmp:
         for name, part in splits.items():
             part.to_parquet(tmp / f"{name}.parquet", index=False)
             log.info("%s: %d rows", name, len(part))
-        io.write_json(tmp / data.SCHEMA_FILE, {**schema, "warnings": warnings})
+        files.write_json(tmp / dataset.SCHEMA_FILE, {**schema, "warnings": warnings})
 
 
 if __name__ == "__main__":

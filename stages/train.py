@@ -21,8 +21,9 @@ import os
 import shutil
 from pathlib import Path
 
-from mlpipe import data, io, stage
-from mlpipe.config import load_params, resolve_learning_rate
+from mlpipe import dataset
+from mlpipe.params import load_params, resolve_learning_rate
+from mlpipe.util import files, stage
 
 log = logging.getLogger("mlpipe.train")
 
@@ -42,33 +43,36 @@ def main() -> None:
     # From here on the rate is a number, `auto` or not; the resume fingerprint hashes it too.
     params = resolve_learning_rate(load_params(), args.learning_rate)
 
-    from mlpipe import callbacks, features, models, runtime, training
+    from mlpipe import features
+    from mlpipe.modeling import models
+    from mlpipe.training import callbacks, loop
+    from mlpipe.util import runtime
 
     runtime.set_op_threads(runtime.op_threads(params.train.op_threads, params.train.batch_size))
 
     # Model, and the checks of params against it that Keras would only fail on mid-fit
-    schema = data.read_schema(args.prepared)
+    schema = dataset.read_schema(args.prepared)
     runtime.seed_everything(params.seed)
     preprocessor, model = models.split_model(models.load_model_folder(args.untrained))
     outputs = models.output_names(model)
-    training.check_monitor(params.train, schema, outputs)
-    training.check_loss_weights(params.train.loss_weights, outputs)
-    training.check_weighting(params.train, schema, model)
+    loop.check_monitor(params.train, schema, outputs)
+    loop.check_loss_weights(params.train.loss_weights, outputs)
+    loop.check_weighting(params.train, schema, model)
 
     # Data: features computed once per split, labels fed to every output
-    splits = data.read_splits(args.prepared, ("train", "valid"))
-    sample_weight = data.sample_weights(splits["train"], schema)
+    splits = dataset.read_splits(args.prepared, ("train", "valid"))
+    sample_weight = dataset.sample_weights(splits["train"], schema)
     xy = features.matrices(preprocessor, splits, schema)
     del splits  # the feature tensors are all training needs from here: free the tables
-    class_weight = training.class_weights(params.train, schema, xy["train"][1])
-    steps_per_epoch = training.steps(len(xy["train"][1]), params.train.batch_size)
-    xy = training.label_outputs(xy, outputs)
-    training.compile_model(model, params.train, schema, steps_per_epoch)
+    class_weight = loop.class_weights(params.train, schema, xy["train"][1])
+    steps_per_epoch = loop.steps(len(xy["train"][1]), params.train.batch_size)
+    xy = loop.label_outputs(xy, outputs)
+    loop.compile_model(model, params.train, schema, steps_per_epoch)
 
     # Train. The checkpoint and the backup live beside the outputs, where DVC does not delete
     # them before a rerun: an interrupted run resumes, and the model is replaced only on success.
     run_name = os.environ.get("DVC_EXP_NAME") or "workspace"
-    dirs = training.RunDirs(
+    dirs = loop.RunDirs(
         checkpoint=args.model.with_name(f".{args.model.name}.checkpoint.weights.h5"),
         tensorboard=args.tensorboard / run_name,
         dvclive=args.dvclive,
@@ -76,9 +80,9 @@ def main() -> None:
     )
     inputs = sorted(p for p in args.untrained.rglob("*") if p.is_file())
     inputs += [args.prepared / f"{name}.parquet" for name in xy]
-    fingerprint = training.fingerprint(params, inputs)
+    fingerprint = loop.fingerprint(params, inputs)
     try:
-        summary = training.fit(
+        summary = loop.fit(
             model, params.train, xy, dirs, params.seed, fingerprint, sample_weight, class_weight
         )
     except callbacks.TrainingDiverged:
@@ -99,7 +103,7 @@ def main() -> None:
         summary["monitor"],
         summary["best_monitor_value"],
     )
-    io.write_json(args.metrics, summary)
+    files.write_json(args.metrics, summary)
 
 
 if __name__ == "__main__":

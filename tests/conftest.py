@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mlpipe import data
-from mlpipe.config import Params, parse_params
+from mlpipe import dataset
+from mlpipe.params import Params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,13 +41,13 @@ def run_stage(stage: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def write_prepared(out: Path, digits) -> Path:
     """Lay out `out` as the prepare stage writes it."""
-    from mlpipe import io
+    from mlpipe.util import files
 
     splits, schema = digits
     out.mkdir(parents=True, exist_ok=True)
     for name, part in splits.items():
         part.to_parquet(out / f"{name}.parquet", index=False)
-    io.write_json(out / data.SCHEMA_FILE, schema)
+    files.write_json(out / dataset.SCHEMA_FILE, schema)
     return out
 
 
@@ -55,8 +55,8 @@ def write_prepared(out: Path, digits) -> Path:
 def digits():
     """(splits, schema) of the default dataset with tiny params."""
     params = tiny_params()
-    frame, default_target = data.load_source(params.data)
-    return data.prepare(frame, default_target, params.data, params.seed)
+    frame, default_target = dataset.load_source(params.data)
+    return dataset.prepare(frame, default_target, params.data, params.seed)
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlpipe import baselines, metrics
+from mlpipe.evaluation import baselines, metrics
 
 
 def mixed_frame(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:

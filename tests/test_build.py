@@ -5,8 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlpipe import MlpipeError, data, features, models, runtime
-from mlpipe.config import DataParams, ModelParams
+from mlpipe import MlpipeError, dataset, features
+from mlpipe.modeling import models
+from mlpipe.params import DataParams, ModelParams
+from mlpipe.util import runtime
 
 
 def numeric_frame(n_rows=40, n_features=5, seed=0):
@@ -16,7 +18,7 @@ def numeric_frame(n_rows=40, n_features=5, seed=0):
 
 def schema_for(frame, task="regression", classes=None):
     feature_cols = [c for c in frame.columns if c != "y"]
-    schema = data.make_schema(frame, "y", "regression", DataParams(), feature_cols)
+    schema = dataset.make_schema(frame, "y", "regression", DataParams(), feature_cols)
     return {**schema, "task": task, "classes": classes}
 
 
@@ -56,22 +58,22 @@ def test_preprocessing_is_learned_on_the_training_split_only(digits):
     splits, schema = digits
     model = models.build_model(ModelParams(hidden_units=[8]), schema, splits["train"])
     layer = model.get_layer("preprocess").get_layer("impute_standardize")
-    x_train = splits["train"][data.feature_names(schema)].to_numpy(dtype=np.float64)
+    x_train = splits["train"][dataset.feature_names(schema)].to_numpy(dtype=np.float64)
     np.testing.assert_allclose(layer.mean, x_train.mean(axis=0), rtol=1e-6)
     std = x_train.std(axis=0)
     np.testing.assert_allclose(layer.std, np.where(std > 0, std, 1.0), rtol=1e-6)
-    x_all = np.vstack([p[data.feature_names(schema)].to_numpy() for p in splits.values()])
+    x_all = np.vstack([p[dataset.feature_names(schema)].to_numpy() for p in splits.values()])
     assert not np.allclose(layer.mean, x_all.mean(axis=0), rtol=1e-4)
 
 
 def test_missing_numbers_get_the_training_median_and_unseen_categories_a_bucket():
     frame = mixed_frame()
-    schema = data.make_schema(frame, "y", "regression", DataParams(), ["size", "city", "new"])
+    schema = dataset.make_schema(frame, "y", "regression", DataParams(), ["size", "city", "new"])
     assert [f["kind"] for f in schema["features"]] == ["numeric", "categorical", "numeric"]
     model = models.build_model(ModelParams(hidden_units=[4], clip_inputs=None), schema, frame)
     preprocessor, _ = models.split_model(model)
     rows = pd.DataFrame({"size": [np.nan, 4.5], "city": ["zzz", None], "new": [True, False]})
-    out = features.predict(preprocessor, data.model_inputs(rows, schema), 8)
+    out = features.predict(preprocessor, dataset.model_inputs(rows, schema), 8)
     stats = features.numeric_stats(frame, ["size", "new"])
     assert stats["median"] == [4.5, 0.5]
     # A missing size is the median: it standardizes exactly like the value 4.5.
@@ -112,7 +114,7 @@ def test_standardized_inputs_are_clipped():
     )
     preprocessor, _ = models.split_model(model)
     probe = pd.DataFrame({"f0": [0.0, 16.0, -16.0], "f1": [1.5, -40.0, 40.0]})
-    out = features.predict(preprocessor, data.model_inputs(probe, schema_for(frame)), 8)
+    out = features.predict(preprocessor, dataset.model_inputs(probe, schema_for(frame)), 8)
     np.testing.assert_allclose(out, [[0.0, 0.5], [3.0, -3.0], [-3.0, 3.0]], atol=1e-5)
 
 
@@ -138,13 +140,13 @@ def test_summary_lists_inputs_layers_shapes_and_counts(digits):
 
 def test_save_and_load_round_trip(tmp_path):
     frame = mixed_frame()
-    schema = data.make_schema(frame, "y", "regression", DataParams(), ["size", "city", "new"])
+    schema = dataset.make_schema(frame, "y", "regression", DataParams(), ["size", "city", "new"])
     model = models.build_model(ModelParams(hidden_units=[8]), schema, frame)
     path = tmp_path / "m.keras"
     models.save_model(model, path)
     assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]
     again = models.load_model(path)
-    inputs = data.model_inputs(frame, schema)
+    inputs = dataset.model_inputs(frame, schema)
     np.testing.assert_allclose(
         features.predict(again, inputs, 4), features.predict(model, inputs, 4), rtol=1e-6
     )

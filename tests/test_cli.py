@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mlpipe import cli
+from mlpipe.tools import cli
 
 
 def test_check_accepts_valid_and_rejects_typo(tmp_path, capsys):
@@ -44,5 +44,5 @@ def test_console_script_is_installed_and_imports_no_tensorflow(tmp_path):
         [str(script), "params", "check"], cwd=tmp_path, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
-    probe = "import sys; from mlpipe import cli; assert 'tensorflow' not in sys.modules"
+    probe = "import sys; from mlpipe.tools import cli; assert 'tensorflow' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", probe]).returncode == 0

@@ -3,7 +3,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from conftest import ROOT
-from mlpipe.config import (
+from mlpipe.params import (
     DEFAULT_PARAMS_FILE,
     Params,
     ParamsError,

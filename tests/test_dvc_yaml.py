@@ -11,23 +11,38 @@ import yaml
 from conftest import ROOT
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-PACKAGE = ROOT / "src" / "mlpipe"
+
+
+def module_files(dotted: str) -> set[str]:
+    """The files Python runs to import `dotted` (an mlpipe module or package): its own file and
+    the `__init__.py` of every package above it."""
+    parts = dotted.split(".")
+    found = set()
+    for depth in range(1, len(parts) + 1):
+        path = ROOT / "src" / Path(*parts[:depth])
+        if path.is_dir():
+            found.add(str((path / "__init__.py").relative_to(ROOT)))
+        elif path.with_suffix(".py").exists():
+            found.add(str(path.with_suffix(".py").relative_to(ROOT)))
+    return found
 
 
 def mlpipe_imports(path: Path) -> set[str]:
-    """Names of mlpipe modules that `path` imports anywhere in its body."""
+    """Files of mlpipe that `path` imports anywhere in its body."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mlpipe"):
-            if node.module == "mlpipe":
-                found |= {
-                    alias.name for alias in node.names if (PACKAGE / f"{alias.name}.py").exists()
-                }
-                found.add("__init__")
-            else:
-                found.add(node.module.split(".")[1])
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.split(".")[0] == "mlpipe"
+        ):
+            found |= module_files(node.module)
+            for alias in node.names:  # `from mlpipe.training import fit` imports a module
+                found |= module_files(f"{node.module}.{alias.name}")
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("mlpipe.")}
+            for alias in node.names:
+                if alias.name.split(".")[0] == "mlpipe":
+                    found |= module_files(alias.name)
     return found
 
 
@@ -38,7 +53,7 @@ def closure(path: Path) -> set[str]:
         name = todo.pop()
         if name not in seen:
             seen.add(name)
-            todo |= mlpipe_imports(PACKAGE / f"{name}.py")
+            todo |= mlpipe_imports(ROOT / name)
     return seen
 
 
@@ -51,7 +66,7 @@ def test_stage_depends_on_all_code_it_runs(stage):
     script = ROOT / "stages" / f"{stage}.py"
     deps = set(STAGES[stage]["deps"])
     assert f"stages/{stage}.py" in deps
-    needed = {f"src/mlpipe/{name}.py" for name in closure(script)}
+    needed = closure(script)
     assert needed - deps == set(), f"{stage} runs code it does not declare"
     assert {d for d in deps if d.startswith("src/")} - needed == set(), f"{stage} over-declares"
 
@@ -88,7 +103,7 @@ def covers(key: str, chain: str) -> bool:
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_declares_exactly_the_params_it_reads(stage):
-    from mlpipe.export import MODEL_SECTIONS
+    from mlpipe.serving.export import MODEL_SECTIONS
 
     read = params_read(ROOT / "stages" / f"{stage}.py")
     if stage == "export":  # it hashes these sections into the metadata

@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 
 from conftest import run_stage, tiny_params
-from mlpipe import data, metrics, models
+from mlpipe import dataset
+from mlpipe.evaluation import metrics
+from mlpipe.modeling import models
 
 
 def test_classification_metrics_on_known_values():
@@ -111,8 +113,8 @@ def test_thresholds_are_floors_or_ceilings_for_errors():
 @pytest.fixture
 def stage_dir(prepared_dir, tmp_path):
     """A folder with params.yaml, an untrained model and DVCLive curves, to run the stage in."""
-    schema = data.read_schema(prepared_dir)
-    train = data.read_splits(prepared_dir)["train"]
+    schema = dataset.read_schema(prepared_dir)
+    train = dataset.read_splits(prepared_dir)["train"]
     params = tiny_params()
     models.save_model_folder(models.build_model(params.model, schema, train), tmp_path / "m")
     for split, names in {"train": ("loss", "accuracy"), "eval": ("loss", "accuracy")}.items():

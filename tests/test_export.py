@@ -7,20 +7,23 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_params
-from mlpipe import data, export, features, io, models
+from mlpipe import dataset, features
+from mlpipe.modeling import models
+from mlpipe.serving import export
+from mlpipe.util import files
 
 
 @pytest.fixture
 def exported(prepared_dir, tmp_path):
     params = tiny_params(export={"onnx": True, "h5": True})
-    schema = data.read_schema(prepared_dir)
-    train = data.read_splits(prepared_dir)["train"]
-    inputs = data.model_inputs(train.head(64), schema)
+    schema = dataset.read_schema(prepared_dir)
+    train = dataset.read_splits(prepared_dir)["train"]
+    inputs = dataset.model_inputs(train.head(64), schema)
     model = models.build_model(params.model, schema, train)
     out = tmp_path / "export"
-    with io.atomic_dir(out) as tmp:
+    with files.atomic_dir(out) as tmp:
         export.write_formats(model, params.export, tmp, inputs)
-        io.write_json(
+        files.write_json(
             tmp / export.METADATA_FILE,
             export.metadata(schema, params, prepared_dir / "train.parquet", model),
         )
@@ -54,10 +57,10 @@ def test_every_format_predicts_like_the_model_in_memory(exported):
 def test_metadata_records_provenance(exported, prepared_dir):
     _, out, schema, _ = exported
     meta = json.loads((out / export.METADATA_FILE).read_text())
-    assert [f["name"] for f in meta["features"]] == data.feature_names(schema)
+    assert [f["name"] for f in meta["features"]] == dataset.feature_names(schema)
     assert {f["kind"] for f in meta["features"]} == {"numeric"}
-    train = data.read_splits(prepared_dir)["train"]
-    assert meta["features"][10]["median"] == train[data.feature_names(schema)[10]].median()
+    train = dataset.read_splits(prepared_dir)["train"]
+    assert meta["features"][10]["median"] == train[dataset.feature_names(schema)[10]].median()
     assert meta["classes"] == list(range(10))
     assert meta["task"] == "classification"
     assert {"tensorflow", "keras", "python", "mlpipe"} <= set(meta["versions"])
@@ -69,8 +72,8 @@ def test_metadata_records_provenance(exported, prepared_dir):
 
 def test_formats_param_limits_what_is_written(prepared_dir, tmp_path):
     params = tiny_params(export={"formats": ["keras"]})
-    schema = data.read_schema(prepared_dir)
-    model = models.build_model(params.model, schema, data.read_splits(prepared_dir)["train"])
+    schema = dataset.read_schema(prepared_dir)
+    model = models.build_model(params.model, schema, dataset.read_splits(prepared_dir)["train"])
     (tmp_path / "out").mkdir()
     export.write_formats(model, params.export, tmp_path / "out")
     assert [p.name for p in (tmp_path / "out").iterdir()] == [export.KERAS_FILE]
@@ -78,9 +81,9 @@ def test_formats_param_limits_what_is_written(prepared_dir, tmp_path):
 
 def test_failed_export_keeps_the_previous_one(tmp_path):
     out = tmp_path / "export"
-    with io.atomic_dir(out) as tmp:
+    with files.atomic_dir(out) as tmp:
         (tmp / "metadata.json").write_text("old")
-    with pytest.raises(RuntimeError), io.atomic_dir(out) as tmp:
+    with pytest.raises(RuntimeError), files.atomic_dir(out) as tmp:
         (tmp / "metadata.json").write_text("half")
         raise RuntimeError("disk full")
     assert (out / "metadata.json").read_text() == "old"

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, stage_env, tiny_params
-from mlpipe import lr_find
-from mlpipe.config import ParamsError, learning_rate_record, resolve_learning_rate
-from mlpipe.lr_find import LRFindError
+from mlpipe.params import ParamsError, learning_rate_record, resolve_learning_rate
+from mlpipe.training import lr_find
+from mlpipe.training.lr_find import LRFindError
 
 
 def test_smooth_is_a_bias_corrected_moving_average():
@@ -86,7 +86,7 @@ def linear_regression(n=2048, seed=0):
 def run_linear(x, y, **settings):
     import keras
 
-    from mlpipe import runtime
+    from mlpipe.util import runtime
 
     runtime.seed_everything(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
@@ -183,7 +183,7 @@ def test_stage_with_a_number_skips_the_test_without_tensorflow(tmp_path, prepare
 
 
 def test_stage_with_auto_records_its_suggestion_reproducibly(tmp_path, prepared_dir, digits):
-    from mlpipe import models
+    from mlpipe.modeling import models
 
     splits, schema = digits
     untrained = tmp_path / "untrained"

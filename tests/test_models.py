@@ -12,20 +12,13 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, run_stage, tiny_params, write_prepared
-from mlpipe import (
-    MlpipeError,
-    data,
-    export,
-    features,
-    lr_find,
-    models,
-    networks,
-    predict,
-    runtime,
-    training,
-)
-from mlpipe.config import ParamsError, learning_rate_record, parse_params
-from mlpipe.tables import read_table
+from mlpipe import MlpipeError, dataset, features
+from mlpipe.modeling import models, networks
+from mlpipe.params import ParamsError, learning_rate_record, parse_params
+from mlpipe.serving import export, predict
+from mlpipe.training import loop, lr_find
+from mlpipe.util import runtime
+from mlpipe.util.tables import read_table
 
 HOUSING = {
     "source": "data/raw/california_housing.csv",
@@ -64,7 +57,7 @@ def housing():
     frame = read_table(ROOT / HOUSING["source"], params.data.csv)
     gaps = frame[frame["total_bedrooms"].isna()].head(10)
     frame = pd.concat([gaps, frame.dropna().sample(190, random_state=0)], ignore_index=True)
-    return data.prepare(frame, None, params.data, params.seed)
+    return dataset.prepare(frame, None, params.data, params.seed)
 
 
 def case_params(model, train, **sections):
@@ -79,18 +72,18 @@ def train_two_epochs(splits, schema, params, folder):
     built = models.build_model(params.model, schema, splits["train"])
     preprocessor, core = models.split_model(built)
     outputs = models.output_names(core)
-    training.check_monitor(params.train, schema, outputs)
-    training.check_loss_weights(params.train.loss_weights, outputs)
-    xy = training.label_outputs(features.matrices(preprocessor, splits, schema), outputs)
-    steps = training.steps(training.n_rows(xy["train"][0]), params.train.batch_size)
-    training.compile_model(core, params.train, schema, steps)
-    dirs = training.RunDirs(*(folder / n for n in ("best.weights.h5", "tb", "live", "backup")))
-    summary = training.fit(core, params.train, xy, dirs, params.seed, "test")
+    loop.check_monitor(params.train, schema, outputs)
+    loop.check_loss_weights(params.train.loss_weights, outputs)
+    xy = loop.label_outputs(features.matrices(preprocessor, splits, schema), outputs)
+    steps = loop.steps(loop.n_rows(xy["train"][0]), params.train.batch_size)
+    loop.compile_model(core, params.train, schema, steps)
+    dirs = loop.RunDirs(*(folder / n for n in ("best.weights.h5", "tb", "live", "backup")))
+    summary = loop.fit(core, params.train, xy, dirs, params.seed, "test")
     assert summary["epochs_run"] == 2
     # Keras logs every value train.monitor may name, under the names it accepts.
-    assert set(training.monitor_choices(schema, outputs)) <= set(core.history.history)
+    assert set(loop.monitor_choices(schema, outputs)) <= set(core.history.history)
     core.load_weights(dirs.checkpoint)
-    return models.compose(preprocessor, core), data.model_inputs(splits["test"], schema)
+    return models.compose(preprocessor, core), dataset.model_inputs(splits["test"], schema)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -159,9 +152,9 @@ def test_range_test_runs_on_two_outputs(housing):
     )
     outputs = models.output_names(core)
     x = features.to_numpy(features.transform(preprocessor, splits["train"], schema))
-    y = data.encode_target(splits["train"][schema["target"]], schema)
-    x, y = training.label_outputs({"train": (x, y)}, outputs)["train"]
-    loss, loss_weights = training.output_losses({"main": 0.9, "aux": 0.1}, schema, outputs)
+    y = dataset.encode_target(splits["train"][schema["target"]], schema)
+    x, y = loop.label_outputs({"train": (x, y)}, outputs)["train"]
+    loss, loss_weights = loop.output_losses({"main": 0.9, "aux": 0.1}, schema, outputs)
     assert loss == {"main": "mse", "aux": "mse"} and loss_weights == {"main": 0.9, "aux": 0.1}
     before = core.get_weights()
     result = lr_find.range_test(
@@ -255,7 +248,7 @@ def test_evaluation_lists_every_output(housing, tmp_path):
         assert split["loss"] == pytest.approx(0.9 * main["loss"] + 0.1 * aux["loss"], abs=1e-5)
     assert main["rmse"] != aux["rmse"]
     rows = pd.read_csv(tmp_path / "plots" / "residuals.csv")
-    raw = features.predict(model, data.model_inputs(splits["test"], schema), 64)
+    raw = features.predict(model, dataset.model_inputs(splits["test"], schema), 64)
     np.testing.assert_allclose(rows["predicted"], raw["main"][:, 0], atol=1e-5)
 
 
@@ -274,7 +267,7 @@ def test_columns_of_the_paths_are_checked_against_the_data(housing):
     def paths(**model):
         return models.feature_paths(case_params({"api": "functional", **model}, {}).model, schema)
 
-    assert paths()["wide"] == paths()["deep"] == data.feature_names(schema)
+    assert paths()["wide"] == paths()["deep"] == dataset.feature_names(schema)
     with pytest.raises(MlpipeError, match=r"model\.wide_columns: `income` is not a feature"):
         paths(wide_columns=["median_income", "income"])
     with pytest.raises(MlpipeError, match=r"model\.deep_columns: `median_house_value`"):
@@ -282,23 +275,23 @@ def test_columns_of_the_paths_are_checked_against_the_data(housing):
     with pytest.raises(MlpipeError, match=r"\['population'\] are on neither path"):
         paths(
             wide_columns=["median_income"],
-            deep_columns=[n for n in data.feature_names(schema) if n != "population"],
+            deep_columns=[n for n in dataset.feature_names(schema) if n != "population"],
         )
 
 
 def test_loss_weights_and_monitor_must_name_outputs_the_model_has():
     regression = {"task": "regression", "classes": None}
     with pytest.raises(MlpipeError, match=r"train\.loss_weights: `aux2` is not an output"):
-        training.check_loss_weights({"main": 1.0, "aux2": 0.5}, ["main", "aux"])
+        loop.check_loss_weights({"main": 1.0, "aux2": 0.5}, ["main", "aux"])
     with pytest.raises(MlpipeError, match=r"model\.aux_output: true adds `aux`"):
-        training.check_loss_weights({"aux": 0.1}, ["main"])
+        loop.check_loss_weights({"aux": 0.1}, ["main"])
     with pytest.raises(MlpipeError, match=r"this model has one \(`main`\)"):
-        training.check_loss_weights({"main": 1.0}, ["main"])
+        loop.check_loss_weights({"main": 1.0}, ["main"])
     train = tiny_params(train={"monitor": "val_rmse"}).train
     with pytest.raises(MlpipeError, match="val_main_rmse"):
-        training.check_monitor(train, regression, ["main", "aux"])
-    assert training.monitor_mode("val_main_accuracy") == "max"
-    assert training.monitor_mode("val_aux_loss") == "min"
+        loop.check_monitor(train, regression, ["main", "aux"])
+    assert loop.monitor_mode("val_main_accuracy") == "max"
+    assert loop.monitor_mode("val_aux_loss") == "min"
 
 
 def train_args(folder, params: dict) -> list[str]:
@@ -354,8 +347,8 @@ def test_class_weight_with_several_outputs_fails_before_training(prepared_dir, t
         train={"class_weight": "balanced"},
     )
     (tmp_path / "params.yaml").write_text(json.dumps(params.model_dump(mode="json")))
-    schema = data.read_schema(prepared_dir)
-    train = data.read_splits(prepared_dir)["train"]
+    schema = dataset.read_schema(prepared_dir)
+    train = dataset.read_splits(prepared_dir)["train"]
     models.save_model_folder(
         models.build_model(params.model, schema, train), tmp_path / "untrained"
     )

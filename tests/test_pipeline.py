@@ -231,7 +231,13 @@ def test_an_example_preset_runs_as_a_named_experiment(tiny):
     """What `make example NAME=california_wide_deep` runs, cut to 2 epochs: the experiment's
     params.yaml records the preset, and its metrics list both outputs."""
     preset = run(
-        [sys.executable, "-m", "mlpipe.cli", "preset-args", "examples/california_wide_deep.yaml"],
+        [
+            sys.executable,
+            "-m",
+            "mlpipe.tools.cli",
+            "preset-args",
+            "examples/california_wide_deep.yaml",
+        ],
         cwd=tiny,
     )
     quick = ["train.epochs=2", "~evaluate.thresholds", "+evaluate.thresholds={}"]

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from mlpipe import lr_find, plots
+from mlpipe.evaluation import plots
+from mlpipe.training import lr_find
 
 CLASSIFICATION = {"task": "classification", "classes": ["cat", "dog", "fox"]}
 REGRESSION = {"task": "regression", "classes": None}

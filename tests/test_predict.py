@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 
 from conftest import run_stage, stage_env
-from mlpipe import MlpipeError, data, export, features, models, predict
-from mlpipe.tables import DataError
+from mlpipe import MlpipeError, dataset, features
+from mlpipe.modeling import models
+from mlpipe.serving import export, predict
+from mlpipe.util.tables import DataError
 
 STAGES = [
     ("prepare", ["prepared"]),
@@ -69,12 +71,12 @@ def project(tmp_path_factory):
 
 
 def mlpipe(*args, cwd) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "mlpipe.cli", *args]
+    command = [sys.executable, "-m", "mlpipe.tools.cli", *args]
     return subprocess.run(command, cwd=cwd, env=stage_env(), capture_output=True, text=True)
 
 
 def test_mixed_csv_trains_and_the_schema_records_what_was_learned(project):
-    schema = data.read_schema(project / "prepared")
+    schema = dataset.read_schema(project / "prepared")
     kinds = {f["name"]: f["kind"] for f in schema["features"]}
     assert kinds == {
         "age": "numeric",
@@ -109,7 +111,7 @@ def test_predict_on_the_test_rows_equals_the_evaluate_stage(project):
     assert out["prediction"].tolist() == evaluated["predicted"].tolist()
     model = models.load_model_folder(project / "model")
     proba = features.predict(
-        model, data.model_inputs(test, data.read_schema(project / "prepared")), 64
+        model, dataset.model_inputs(test, dataset.read_schema(project / "prepared")), 64
     )
     np.testing.assert_allclose(out["proba_True"], proba[:, 0], atol=1e-6)
 
@@ -178,7 +180,7 @@ def test_unsafe_or_foreign_models_are_refused(tmp_path):
 
 def test_exported_onnx_takes_raw_rows_too(project):
     test = pd.read_parquet(project / "prepared" / "test.parquet")
-    inputs = data.model_inputs(test, data.read_schema(project / "prepared"))
+    inputs = dataset.model_inputs(test, dataset.read_schema(project / "prepared"))
     model = models.load_model(project / "export" / "model.keras")
     got = export.onnx_predict(project / "export" / export.ONNX_FILE, inputs)
     np.testing.assert_allclose(got, features.predict(model, inputs, 64), atol=1e-5)

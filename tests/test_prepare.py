@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, run_stage
-from mlpipe import data
-from mlpipe.config import CsvParams, DataParams
-from mlpipe.tables import read_table, to_numeric
+from mlpipe import dataset
+from mlpipe.params import CsvParams, DataParams
+from mlpipe.util.tables import read_table, to_numeric
 
 
 def labelled_frame(n=200, seed=0):
@@ -28,7 +28,7 @@ def labelled_frame(n=200, seed=0):
 
 def test_split_sizes_stratification_and_disjointness():
     frame = labelled_frame()
-    splits = data.split_frame(frame, "label", "classification", DataParams(), seed=1)
+    splits = dataset.split_frame(frame, "label", "classification", DataParams(), seed=1)
     sizes = {name: len(part) for name, part in splits.items()}
     assert sizes == {"train": 140, "valid": 20, "test": 40}
     ids = [set(part["row_id"]) for part in splits.values()]
@@ -40,16 +40,16 @@ def test_split_sizes_stratification_and_disjointness():
 
 def test_split_is_seeded():
     frame = labelled_frame()
-    first = data.split_frame(frame, "label", "classification", DataParams(), seed=1)
-    again = data.split_frame(frame, "label", "classification", DataParams(), seed=1)
-    other = data.split_frame(frame, "label", "classification", DataParams(), seed=2)
+    first = dataset.split_frame(frame, "label", "classification", DataParams(), seed=1)
+    again = dataset.split_frame(frame, "label", "classification", DataParams(), seed=1)
+    other = dataset.split_frame(frame, "label", "classification", DataParams(), seed=2)
     assert first["test"]["row_id"].tolist() == again["test"]["row_id"].tolist()
     assert first["test"]["row_id"].tolist() != other["test"]["row_id"].tolist()
 
 
 def test_regression_split_is_not_stratified():
     frame = labelled_frame().assign(y=lambda f: f["x"] * 2.5)
-    splits = data.split_frame(frame, "y", "regression", DataParams(), seed=0)
+    splits = dataset.split_frame(frame, "y", "regression", DataParams(), seed=0)
     assert len(splits["test"]) == 40
 
 
@@ -64,12 +64,12 @@ def test_regression_split_is_not_stratified():
     ],
 )
 def test_infer_task(values, task):
-    assert data.infer_task(pd.Series(values)) == task
+    assert dataset.infer_task(pd.Series(values)) == task
 
 
 def test_digits_schema(digits):
     splits, schema = digits
-    names = data.feature_names(schema)
+    names = dataset.feature_names(schema)
     assert names[:2] == ["pixel_0_0", "pixel_0_1"] and len(names) == 64
     assert schema["target"] == "target"
     assert schema["task"] == "classification"
@@ -79,36 +79,36 @@ def test_digits_schema(digits):
 
 def test_missing_target_is_named():
     frame = labelled_frame()
-    with pytest.raises(data.DataError, match="`price`"):
-        data.select_target(frame, DataParams(target="price"), "label")
+    with pytest.raises(dataset.DataError, match="`price`"):
+        dataset.select_target(frame, DataParams(target="price"), "label")
 
 
 def test_task_param_overrides_inference():
     frame = labelled_frame().assign(count=np.arange(200) % 5)
-    assert data.select_target(frame, DataParams(target="count"), "label") == (
+    assert dataset.select_target(frame, DataParams(target="count"), "label") == (
         "count",
         "classification",
     )
     regression = DataParams(target="count", task="regression")
-    assert data.select_target(frame, regression, "label") == ("count", "regression")
+    assert dataset.select_target(frame, regression, "label") == ("count", "regression")
 
 
 def test_regression_on_text_target_is_refused():
     frame = labelled_frame()
-    with pytest.raises(data.DataError, match="not numeric"):
-        data.select_target(frame, DataParams(task="regression"), "label")
+    with pytest.raises(dataset.DataError, match="not numeric"):
+        dataset.select_target(frame, DataParams(task="regression"), "label")
 
 
 def test_unknown_dataset_lists_choices():
-    with pytest.raises(data.DataError, match="sklearn:digits"):
-        data.load_source(DataParams.model_construct(source="sklearn:mnist"))
+    with pytest.raises(dataset.DataError, match="sklearn:digits"):
+        dataset.load_source(DataParams.model_construct(source="sklearn:mnist"))
 
 
 def test_target_encoding_rejects_unseen_labels():
     schema = {"task": "classification", "classes": ["a", "b"], "target": "y"}
-    assert data.encode_target(pd.Series(["b", "a"]), schema).tolist() == [1, 0]
-    with pytest.raises(data.DataError, match="'c'"):
-        data.encode_target(pd.Series(["a", "c"]), schema)
+    assert dataset.encode_target(pd.Series(["b", "a"]), schema).tolist() == [1, 0]
+    with pytest.raises(dataset.DataError, match="'c'"):
+        dataset.encode_target(pd.Series(["a", "c"]), schema)
 
 
 def test_stage_writes_splits_and_schema_without_importing_tensorflow(tmp_path):
@@ -176,7 +176,7 @@ def test_csv_is_read_like_a_person_would_read_it(tmp_path):
     assert set(frame["colour"].dropna()) == {"red", "blue", "green"}
     assert frame["colour"].isna().sum() == 9
     assert frame["flag"].dtype == bool and frame["label"].dtype == bool
-    with pytest.raises(data.DataError, match="`size` is numeric but row 2 holds 'x'"):
+    with pytest.raises(dataset.DataError, match="`size` is numeric but row 2 holds 'x'"):
         to_numeric(pd.Series(["1", "x"], name="size"), "f.csv")
 
 
@@ -184,8 +184,8 @@ def test_file_source_is_described_with_kinds_and_roles(tmp_path):
     path = tmp_path / "mixed.csv"
     path.write_text(mixed_csv())
     params = DataParams(source=str(path), target="label", id_column="id", categorical=["flag"])
-    frame, default_target = data.load_source(params)
-    splits, schema = data.prepare(frame, default_target, params, seed=0)
+    frame, default_target = dataset.load_source(params)
+    splits, schema = dataset.prepare(frame, default_target, params, seed=0)
     kinds = {f["name"]: f["kind"] for f in schema["features"]}
     assert kinds == {"size": "numeric", "colour": "categorical", "flag": "categorical"}
     assert schema["task"] == "classification" and schema["classes"] == [False, True]
@@ -196,42 +196,42 @@ def test_file_source_is_described_with_kinds_and_roles(tmp_path):
 def test_target_scale_divides_a_regression_target_and_is_recorded(tmp_path):
     frame = pd.DataFrame({"x": np.arange(50.0), "price": np.arange(50.0) * 100_000 + 50_000})
     params = DataParams(target="price", target_scale=100_000)
-    splits, schema = data.prepare(frame, None, params, seed=0)
+    splits, schema = dataset.prepare(frame, None, params, seed=0)
     assert schema["target_scale"] == 100_000 and schema["task"] == "regression"
     for part in splits.values():
         np.testing.assert_allclose(part["price"], part["x"] + 0.5)
     test = frame.head(5)  # a separate test file is divided too
-    parts, _ = data.prepare(frame, None, params, seed=0, test=test)
+    parts, _ = dataset.prepare(frame, None, params, seed=0, test=test)
     np.testing.assert_allclose(parts["test"]["price"], [0.5, 1.5, 2.5, 3.5, 4.5])
-    with pytest.raises(data.DataError, match=r"data\.target_scale divides a regression target"):
-        data.prepare(labelled_frame(), None, DataParams(target="label", target_scale=10), seed=0)
+    with pytest.raises(dataset.DataError, match=r"data\.target_scale divides a regression target"):
+        dataset.prepare(labelled_frame(), None, DataParams(target="label", target_scale=10), seed=0)
 
 
 def test_features_include_and_exclude(tmp_path):
     frame = labelled_frame().assign(z=1.0)
     only = DataParams(target="label", features={"include": ["x"]})
-    assert data.feature_columns(frame, only, "label") == ["x"]
+    assert dataset.feature_columns(frame, only, "label") == ["x"]
     without = DataParams(target="label", features={"exclude": ["z"]}, id_column="row_id")
-    assert data.feature_columns(frame, without, "label") == ["x"]
-    assert data.input_names(["a b", "a-b", "1st", ""]) == ["a_b", "a_b_2", "f_1st", "column"]
+    assert dataset.feature_columns(frame, without, "label") == ["x"]
+    assert dataset.input_names(["a b", "a-b", "1st", ""]) == ["a_b", "a_b_2", "f_1st", "column"]
 
 
 def test_data_own_split_column_and_test_file(tmp_path):
     frame = labelled_frame().assign(part=["test" if i % 5 == 0 else "train" for i in range(200)])
     params = DataParams(source="t.csv", split_column="part")
-    splits = data.split_frame(frame, "label", "classification", params, seed=0)
+    splits = dataset.split_frame(frame, "label", "classification", params, seed=0)
     assert len(splits["test"]) == 40 and set(splits["test"]["row_id"] % 5) == {0}
     assert len(splits["valid"]) == round(160 * 0.1)
     bad = frame.assign(part="holdout")
-    with pytest.raises(data.DataError, match="row 1 holds 'holdout'; use train, valid or test"):
-        data.split_frame(bad, "label", "classification", params, seed=0)
+    with pytest.raises(dataset.DataError, match="row 1 holds 'holdout'; use train, valid or test"):
+        dataset.split_frame(bad, "label", "classification", params, seed=0)
     (tmp_path / "test.csv").write_text(labelled_frame(30, seed=5).to_csv(index=False))
     with_test = DataParams(source="t.csv", test_source=str(tmp_path / "test.csv"))
-    test = data.load_test_source(with_test)
-    splits, _ = data.prepare(frame.drop(columns="part"), "label", with_test, 0, test)
+    test = dataset.load_test_source(with_test)
+    splits, _ = dataset.prepare(frame.drop(columns="part"), "label", with_test, 0, test)
     assert len(splits["test"]) == 30 and len(splits["train"]) + len(splits["valid"]) == 200
-    with pytest.raises(data.DataError, match=r"test.csv: columns \['x'\] are missing"):
-        data.prepare(frame.drop(columns="part"), "label", with_test, 0, test.drop(columns="x"))
+    with pytest.raises(dataset.DataError, match=r"test.csv: columns \['x'\] are missing"):
+        dataset.prepare(frame.drop(columns="part"), "label", with_test, 0, test.drop(columns="x"))
 
 
 VALID_ROWS = "1,a\n2,b\n" * 5
@@ -315,5 +315,5 @@ def test_suspicious_data_is_warned_about_not_refused(tmp_path):
     assert "feature `copy` is identical to the target: a leak" in result.stderr
     assert "features no longer present ['gone']" in result.stderr
     assert "new features ['copy', 'dup', 'same']" in result.stderr
-    schema = data.read_schema(tmp_path / "out")
+    schema = dataset.read_schema(tmp_path / "out")
     assert len(schema["warnings"]) == 4

@@ -8,8 +8,8 @@ import yaml
 from dvc.utils.hydra import apply_overrides
 
 from conftest import ROOT
-from mlpipe import cli, presets
-from mlpipe.config import ParamsError, load_params, parse_params
+from mlpipe.params import ParamsError, load_params, parse_params
+from mlpipe.tools import cli, presets
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 

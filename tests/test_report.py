@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, stage_env
-from mlpipe import report
+from mlpipe.tools import report
 
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
 
@@ -54,7 +54,16 @@ def two_commits(tmp_path) -> Path:
 
 def test_report_shows_the_param_change_and_metric_deltas(two_commits):
     result = subprocess.run(
-        [sys.executable, "-m", "mlpipe.cli", "report", "--base", "HEAD~1", "--out", "report.md"],
+        [
+            sys.executable,
+            "-m",
+            "mlpipe.tools.cli",
+            "report",
+            "--base",
+            "HEAD~1",
+            "--out",
+            "report.md",
+        ],
         cwd=two_commits,
         env=stage_env(),
         capture_output=True,

@@ -17,8 +17,10 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, stage_env, tiny_params, write_prepared
-from mlpipe import data, models, runtime
-from mlpipe.config import learning_rate_record
+from mlpipe import dataset
+from mlpipe.modeling import models
+from mlpipe.params import learning_rate_record
+from mlpipe.util import runtime
 
 EPOCHS = 40  # long enough that the run is still going when the signal arrives
 ARGS = ["model", "train.json", "--dvclive", "live", "--tensorboard", "tb"]
@@ -32,8 +34,8 @@ def setup_run(folder, prepared_dir, **train):
     (folder / "params.yaml").write_text(json.dumps(params.model_dump(mode="json")))
     record = learning_rate_record(params.train.optimizer, None)
     (folder / "learning_rate.json").write_text(json.dumps(record))
-    schema = data.read_schema(prepared_dir)
-    train = data.read_splits(prepared_dir)["train"]
+    schema = dataset.read_schema(prepared_dir)
+    train = dataset.read_splits(prepared_dir)["train"]
     runtime.seed_everything(params.seed)  # both runs of a comparison start from the same model
     model = models.build_model(params.model, schema, train)
     models.save_model_folder(model, folder / "untrained")
@@ -149,7 +151,7 @@ import os, signal, sys, zipfile
 import numpy as np
 import keras
 sys.path.insert(0, {str(ROOT / "src")!r})
-from mlpipe.models import save_model
+from mlpipe.modeling.models import save_model
 model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
 save_model(model, "model.keras")
 original = zipfile.ZipFile.close
@@ -174,8 +176,8 @@ save_model(model, "model.keras")
 
 def fake_backup(folder, latest_epoch, state_epoch, previous_epoch=None):
     """A backup folder laid out as Keras and ResumableBackup write it, with stand-in weights."""
-    from mlpipe.io import file_sha256, write_json
-    from mlpipe.resume import STATE_FILE
+    from mlpipe.training.resume import STATE_FILE
+    from mlpipe.util.files import file_sha256, write_json
 
     folder.mkdir(exist_ok=True)
     (folder / "latest.weights.h5").write_text(f"weights {latest_epoch}")
@@ -201,7 +203,7 @@ def fake_backup(folder, latest_epoch, state_epoch, previous_epoch=None):
 def test_backup_files_out_of_step_fall_back_or_start_over(
     tmp_path, latest, state, previous, expected
 ):
-    from mlpipe.resume import ResumableBackup
+    from mlpipe.training.resume import ResumableBackup
 
     fake_backup(tmp_path / "backup", latest, state, previous)
     backup = ResumableBackup(tmp_path / "backup", "run", [])
@@ -214,7 +216,7 @@ def test_backup_files_out_of_step_fall_back_or_start_over(
 
 
 def test_backup_of_another_fingerprint_is_discarded(tmp_path):
-    from mlpipe.resume import ResumableBackup
+    from mlpipe.training.resume import ResumableBackup
 
     fake_backup(tmp_path / "backup", 3, 3, 2)
     assert ResumableBackup(tmp_path / "backup", "another run", []).resume_epoch() == 0

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from mlpipe import cli, report, sweep
-from mlpipe.sweep import SweepError
+from mlpipe.tools import cli, report, sweep
+from mlpipe.tools.sweep import SweepError
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
@@ -220,7 +220,7 @@ def test_two_by_two_sweep_yields_four_ranked_experiments(tmp_path):
     (clone / "sweeps" / "bad.yaml").write_text(yaml.safe_dump(bad))
     run(["git", "add", "-A"], cwd=clone)
     run(["git", "commit", "-qm", "tiny params, test specs"], cwd=clone)
-    mlpipe = [sys.executable, "-m", "mlpipe.cli", "sweep"]
+    mlpipe = [sys.executable, "-m", "mlpipe.tools.cli", "sweep"]
 
     failed = run([*mlpipe, "sweeps/bad.yaml"], cwd=clone, check=False)
     assert failed.returncode == 2 and "train.optimizer.learnin_rate" in failed.stderr

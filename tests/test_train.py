@@ -6,8 +6,11 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_stage, tiny_params
-from mlpipe import MlpipeError, callbacks, data, features, models, runtime, training
-from mlpipe.config import learning_rate_record
+from mlpipe import MlpipeError, dataset, features
+from mlpipe.modeling import models
+from mlpipe.params import learning_rate_record
+from mlpipe.training import callbacks, loop
+from mlpipe.util import runtime
 
 
 def fit_tiny(digits, tmp_path, **train):
@@ -17,12 +20,12 @@ def fit_tiny(digits, tmp_path, **train):
     built = models.build_model(params.model, schema, splits["train"])
     preprocessor, model = models.split_model(built)
     xy = features.matrices(preprocessor, splits, schema)
-    steps = training.steps(len(xy["train"][1]), params.train.batch_size)
-    training.compile_model(model, params.train, schema, steps)
-    dirs = training.RunDirs(
+    steps = loop.steps(len(xy["train"][1]), params.train.batch_size)
+    loop.compile_model(model, params.train, schema, steps)
+    dirs = loop.RunDirs(
         tmp_path / "best.weights.h5", tmp_path / "tb", tmp_path / "live", tmp_path / "backup"
     )
-    summary = training.fit(model, params.train, xy, dirs, params.seed, "tiny")
+    summary = loop.fit(model, params.train, xy, dirs, params.seed, "tiny")
     return model, summary, dirs, xy
 
 
@@ -61,17 +64,17 @@ def test_same_seed_trains_identically(digits, tmp_path):
 @pytest.mark.parametrize("name", ["sgd", "rmsprop", "adam", "adamw", "nadam"])
 def test_optimizer_from_params(name):
     train = tiny_params(train={"optimizer": {"name": name, "learning_rate": 0.02}}).train
-    optimizer = training.make_optimizer(train, steps_per_epoch=10)
+    optimizer = loop.make_optimizer(train, steps_per_epoch=10)
     assert type(optimizer).__name__.lower() == name
     assert float(optimizer.learning_rate) == pytest.approx(0.02)
 
 
 def test_each_optimizer_gets_its_own_settings():
     sgd = {"name": "sgd", "sgd": {"momentum": 0.9, "nesterov": True}}
-    optimizer = training.make_optimizer(tiny_params(train={"optimizer": sgd}).train, 10)
+    optimizer = loop.make_optimizer(tiny_params(train={"optimizer": sgd}).train, 10)
     assert optimizer.momentum == pytest.approx(0.9) and optimizer.nesterov is True
     adamw = {"name": "adamw", "adamw": {"weight_decay": 0.01, "beta_1": 0.8}}
-    optimizer = training.make_optimizer(tiny_params(train={"optimizer": adamw}).train, 10)
+    optimizer = loop.make_optimizer(tiny_params(train={"optimizer": adamw}).train, 10)
     assert optimizer.weight_decay == pytest.approx(0.01) and optimizer.beta_1 == pytest.approx(0.8)
     # Settings of the optimizers not chosen are kept but unused.
     assert not hasattr(optimizer, "nesterov")
@@ -80,23 +83,23 @@ def test_each_optimizer_gets_its_own_settings():
 def test_monitor_must_exist_for_the_task():
     regression = {"task": "regression", "classes": None}
     with pytest.raises(MlpipeError, match="val_rmse"):
-        training.check_monitor(tiny_params(train={"monitor": "val_accuracy"}).train, regression)
-    training.check_monitor(tiny_params(train={"monitor": "val_mae"}).train, regression)
+        loop.check_monitor(tiny_params(train={"monitor": "val_accuracy"}).train, regression)
+    loop.check_monitor(tiny_params(train={"monitor": "val_mae"}).train, regression)
 
 
 def test_binary_and_regression_losses():
-    assert training.loss_and_metrics({"task": "classification", "classes": [0, 1]})[0] == (
+    assert loop.loss_and_metrics({"task": "classification", "classes": [0, 1]})[0] == (
         "binary_crossentropy"
     )
-    loss, metrics = training.loss_and_metrics({"task": "regression", "classes": None})
+    loss, metrics = loop.loss_and_metrics({"task": "regression", "classes": None})
     assert loss == "mse" and [m.name for m in metrics] == ["rmse", "mae"]
 
 
 def test_stage_replaces_model_only_when_training_succeeds(prepared_dir, tmp_path):
     (tmp_path / "params.yaml").write_text(json.dumps({**tiny_params().model_dump(mode="json")}))
     untrained = tmp_path / "untrained"
-    schema = data.read_schema(prepared_dir)
-    train = data.read_splits(prepared_dir)["train"]
+    schema = dataset.read_schema(prepared_dir)
+    train = dataset.read_splits(prepared_dir)["train"]
     models.save_model_folder(models.build_model(tiny_params().model, schema, train), untrained)
     args = [str(prepared_dir), str(untrained), "model", "train.json"]
     args += ["--dvclive", "live", "--tensorboard", "tb", "--learning-rate", "rate.json"]
@@ -136,17 +139,17 @@ def schedule(name, epochs=10, **settings):
 
 
 def test_exponential_and_cosine_decay_per_step():
-    rate = training.learning_rate(schedule("exponential", decay_rate=0.5, decay_epochs=2), 10)
+    rate = loop.learning_rate(schedule("exponential", decay_rate=0.5, decay_epochs=2), 10)
     assert float(rate(0)) == pytest.approx(0.1)
     assert float(rate(20)) == pytest.approx(0.05)  # two epochs of ten steps halve it
-    rate = training.learning_rate(schedule("cosine", alpha=0.1), 10)
+    rate = loop.learning_rate(schedule("cosine", alpha=0.1), 10)
     assert float(rate(50)) == pytest.approx(0.1 * (0.1 + 0.9 * 0.5), rel=1e-5)
     assert float(rate(100)) == pytest.approx(0.01, rel=1e-5)
-    assert training.learning_rate(schedule("none"), 10) == 0.1
+    assert loop.learning_rate(schedule("none"), 10) == 0.1
 
 
 def test_one_cycle_warms_up_to_the_peak_then_anneals():
-    (cycle,) = training.schedule_callbacks(schedule("one_cycle", warmup_fraction=0.25), 10)
+    (cycle,) = loop.schedule_callbacks(schedule("one_cycle", warmup_fraction=0.25), 10)
     assert cycle.rate(0) == pytest.approx(0.1 / 25)
     assert cycle.rate(25) == pytest.approx(0.1)
     assert cycle.rate(100) == pytest.approx(0.1 / 25 / 1e4)
@@ -155,7 +158,7 @@ def test_one_cycle_warms_up_to_the_peak_then_anneals():
 
 
 def test_plateau_schedule_watches_the_monitor():
-    (plateau,) = training.schedule_callbacks(schedule("plateau", factor=0.2, patience=1), 10)
+    (plateau,) = loop.schedule_callbacks(schedule("plateau", factor=0.2, patience=1), 10)
     assert plateau.monitor == "val_loss" and plateau.factor == pytest.approx(0.2)
 
 
@@ -202,10 +205,10 @@ def test_op_threads_auto_rule():
 
 def test_steps_per_execution_auto_rule():
     def chosen(**train):
-        return training.steps_per_execution(tiny_params(train=train).train, steps_per_epoch=300)
+        return loop.steps_per_execution(tiny_params(train=train).train, steps_per_epoch=300)
 
     assert chosen() == 128
-    assert training.steps_per_execution(tiny_params().train, steps_per_epoch=40) == 40
+    assert loop.steps_per_execution(tiny_params().train, steps_per_epoch=40) == 40
     assert chosen(lr_schedule={"name": "one_cycle"}) == 1
     assert chosen(steps_per_execution=7) == 7
     with pytest.raises(MlpipeError, match="one_cycle sets the learning rate before every batch"):
@@ -219,7 +222,7 @@ def test_steps_per_execution_does_not_change_what_is_learned(digits, tmp_path):
         model, summary, dirs, xy = fit_tiny(
             digits, tmp_path / str(spe), steps_per_execution=spe, epochs=3
         )
-        assert training.steps(len(xy["train"][1]), 32) == 40
+        assert loop.steps(len(xy["train"][1]), 32) == 40
         assert int(model.optimizer.iterations.numpy()) == 3 * 40
         assert summary["epochs_run"] == 3
         return pd.read_csv(dirs.dvclive / "plots/metrics/eval/loss.tsv", sep="\t")["loss"]
@@ -237,7 +240,7 @@ def test_each_epoch_is_shuffled_by_seed_and_epoch_alone(seed, steps_per_executio
 
     def epochs(first):
         """Labels of each batch, per epoch from `first` to 3, as fit would read them."""
-        batches = training.ShuffledBatches((x, y), 4, seed, first, 4, steps_per_execution)
+        batches = loop.ShuffledBatches((x, y), 4, seed, first, 4, steps_per_execution)
         if batches.steps_per_epoch:  # one stream of every epoch
             assert batches.steps_per_epoch == 3
             labels = [b[1].tolist() for b in batches.dataset.as_numpy_iterator()]
@@ -256,7 +259,7 @@ def test_each_epoch_is_shuffled_by_seed_and_epoch_alone(seed, steps_per_executio
         assert sorted(np.concatenate(labels).tolist()) == list(range(10))  # every row once
     assert from_start[0] != from_start[1]
     assert epochs(2) == from_start[2:]  # epoch k's batches, whatever came before
-    one_pass = training.ShuffledBatches((x, y), 4, seed, 0, 1, steps_per_execution)
+    one_pass = loop.ShuffledBatches((x, y), 4, seed, 0, 1, steps_per_execution)
     batch = next(one_pass.dataset.as_numpy_iterator())
     np.testing.assert_array_equal(batch[0][:, 0], batch[1] * 2)  # rows stay whole
 
@@ -264,8 +267,8 @@ def test_each_epoch_is_shuffled_by_seed_and_epoch_alone(seed, steps_per_executio
 def test_both_kinds_of_stream_give_the_same_batches():
     x = np.arange(20, dtype="float32").reshape(10, 2)
     y = np.arange(10)
-    stream = training.ShuffledBatches((x, y), 4, 5, 0, 2, 3)
-    passes = training.ShuffledBatches((x, y), 4, 5, 0, 2, 2)
+    stream = loop.ShuffledBatches((x, y), 4, 5, 0, 2, 3)
+    passes = loop.ShuffledBatches((x, y), 4, 5, 0, 2, 2)
     streamed = [b[1].tolist() for b in stream.dataset.as_numpy_iterator()]
     passed = []
     for number in range(2):
@@ -277,4 +280,4 @@ def test_both_kinds_of_stream_give_the_same_batches():
 def test_an_unresolved_auto_rate_never_reaches_the_optimizer():
     train = tiny_params(train={"optimizer": {"learning_rate": "auto"}}).train
     with pytest.raises(MlpipeError, match="lr_find"):
-        training.make_optimizer(train, steps_per_epoch=10)
+        loop.make_optimizer(train, steps_per_epoch=10)

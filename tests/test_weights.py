@@ -8,14 +8,16 @@ import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
 from conftest import ROOT, run_stage, tiny_params
-from mlpipe import MlpipeError, data, models, training
-from mlpipe.config import DataParams
+from mlpipe import MlpipeError, dataset
+from mlpipe.modeling import models
+from mlpipe.params import DataParams
+from mlpipe.training import loop
 
 CLASSES = {"task": "classification", "classes": ["cat", "dog", "emu"], "target": "animal"}
 
 
 def weights_for(setting, y, schema=CLASSES):
-    return training.class_weights(tiny_params(train={"class_weight": setting}).train, schema, y)
+    return loop.class_weights(tiny_params(train={"class_weight": setting}).train, schema, y)
 
 
 def test_balanced_matches_scikit_learn():
@@ -46,7 +48,7 @@ def test_class_weight_with_sample_weights_or_several_outputs_is_refused_before_t
     schema = {**CLASSES, "features": features, "weight_column": "w"}
     model = models.build_model(tiny_params().model, schema, frame)
     with pytest.raises(MlpipeError, match="Multiply each row's weight by its class's weight"):
-        training.check_weighting(train, schema, model)
+        loop.check_weighting(train, schema, model)
     import keras
 
     inputs = keras.Input((3,))
@@ -54,32 +56,32 @@ def test_class_weight_with_sample_weights_or_several_outputs_is_refused_before_t
         inputs, [keras.layers.Dense(1)(inputs), keras.layers.Dense(1)(inputs)]
     )
     with pytest.raises(MlpipeError, match="several outputs"):
-        training.check_weighting(train, {**schema, "weight_column": None}, two_outputs)
-    training.check_weighting(tiny_params().train, schema, two_outputs)
+        loop.check_weighting(train, {**schema, "weight_column": None}, two_outputs)
+    loop.check_weighting(tiny_params().train, schema, two_outputs)
 
 
 def test_weight_column_is_checked_and_never_a_feature():
     frame = pd.DataFrame({"x": [1.0, 2.0, 3.0], "w": [1.0, 0.5, 2.0], "y": [0, 1, 0]})
     params = DataParams(weight_column="w")
-    data.check_weight_column(frame, params, "y")
-    features = data.feature_columns(frame, params, "y")
-    schema = data.make_schema(frame, "y", "classification", params, features)
-    assert data.feature_names(schema) == ["x"]
-    np.testing.assert_array_equal(data.sample_weights(frame, schema), [1.0, 0.5, 2.0])
-    with pytest.raises(data.DataError, match=r"row 2 holds -1\.0"):
-        data.check_weight_column(frame.assign(w=[1.0, -1.0, 1.0]), params, "y")
-    with pytest.raises(data.DataError, match="must be numeric"):
-        data.check_weight_column(frame.assign(w=["a", "b", "c"]), params, "y")
-    with pytest.raises(data.DataError, match="`weight`"):
-        data.check_weight_column(frame, DataParams(weight_column="weight"), "y")
+    dataset.check_weight_column(frame, params, "y")
+    features = dataset.feature_columns(frame, params, "y")
+    schema = dataset.make_schema(frame, "y", "classification", params, features)
+    assert dataset.feature_names(schema) == ["x"]
+    np.testing.assert_array_equal(dataset.sample_weights(frame, schema), [1.0, 0.5, 2.0])
+    with pytest.raises(dataset.DataError, match=r"row 2 holds -1\.0"):
+        dataset.check_weight_column(frame.assign(w=[1.0, -1.0, 1.0]), params, "y")
+    with pytest.raises(dataset.DataError, match="must be numeric"):
+        dataset.check_weight_column(frame.assign(w=["a", "b", "c"]), params, "y")
+    with pytest.raises(dataset.DataError, match="`weight`"):
+        dataset.check_weight_column(frame, DataParams(weight_column="weight"), "y")
 
 
 def test_prepare_stage_leaves_the_weight_column_out_of_the_features(tmp_path):
     (tmp_path / "params.yaml").write_text("data:\n  weight_column: pixel_0_1\n")
     assert run_stage("prepare", "out", cwd=tmp_path).returncode == 0
-    schema = data.read_schema(tmp_path / "out")
+    schema = dataset.read_schema(tmp_path / "out")
     assert schema["weight_column"] == "pixel_0_1"
-    assert "pixel_0_1" not in data.feature_names(schema) and len(schema["features"]) == 63
+    assert "pixel_0_1" not in dataset.feature_names(schema) and len(schema["features"]) == 63
 
 
 def test_balanced_class_weight_raises_minority_recall():

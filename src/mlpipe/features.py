@@ -12,7 +12,7 @@ import pandas as pd
 import tensorflow as tf
 from keras import ops
 
-from mlpipe.tables import to_categories, to_numeric
+from mlpipe.util.tables import to_categories, to_numeric
 
 PREPROCESS = "preprocess"
 # Rows per call when preprocessing whole splits: large, since it is one cheap pass.
@@ -191,7 +191,7 @@ def transform(
     buffer nothing else shares copies nothing. No float64 or per-column copy of the whole table
     is made either. Peak memory is about twice the feature matrix, while the chunks are joined.
     """
-    from mlpipe.data import model_inputs  # data imports no TensorFlow; features does
+    from mlpipe.dataset import model_inputs  # data imports no TensorFlow; features does
 
     parts = []
     for start in range(0, max(len(frame), 1), TRANSFORM_BATCH):
@@ -211,7 +211,7 @@ def matrices(
     preprocessor: keras.Model, splits: dict[str, pd.DataFrame], schema: dict
 ) -> dict[str, tuple[tf.Variable | dict[str, tf.Variable], np.ndarray]]:
     """(features, encoded target) per split, as the core trains and validates on them."""
-    from mlpipe.data import encode_target
+    from mlpipe.dataset import encode_target
 
     return {
         name: (

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from mlpipe import MlpipeError, __version__
-from mlpipe.config import DEFAULT_PARAMS_FILE, Params, load_params
+from mlpipe.params import DEFAULT_PARAMS_FILE, Params, load_params
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -30,7 +30,7 @@ def _schema(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     import logging
 
-    from mlpipe import predict
+    from mlpipe.serving import predict
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model, meta = predict.load(args.model)
@@ -48,20 +48,20 @@ def _predict(args: argparse.Namespace) -> None:
 def _preset_args(args: argparse.Namespace) -> None:
     import shlex
 
-    from mlpipe import presets
+    from mlpipe.tools import presets
 
     print(shlex.join(presets.preset_args(args.preset, args.file)))
 
 
 def _report(args: argparse.Namespace) -> None:
-    from mlpipe import report
+    from mlpipe.tools import report
 
     report.write_report(args.base, args.out)
     print(f"{args.out}: params, metrics and plots changed against {args.base}")
 
 
 def _readme_results(args: argparse.Namespace) -> None:
-    from mlpipe import report
+    from mlpipe.tools import report
 
     if report.update_readme(args.readme, args.metrics, check=args.check):
         print(f"{args.readme}: results {'match' if args.check else 'written from'} {args.metrics}/")
@@ -75,7 +75,7 @@ def _readme_results(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from mlpipe import sweep
+    from mlpipe.tools import sweep
 
     sweep.run_sweep(
         Path(args.spec),

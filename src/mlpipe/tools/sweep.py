@@ -26,8 +26,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlpipe import MlpipeError
-from mlpipe.config import ParamsError, parse_params, read_yaml
-from mlpipe.report import fill_include
+from mlpipe.params import ParamsError, parse_params, read_yaml
+from mlpipe.tools.report import fill_include
 
 OBJECTIVE_FILE = "metrics/train.json"
 TEST_FILE = "metrics/evaluate.json"
@@ -441,16 +441,16 @@ def run_sweep(
     report = sweep.report(board, baseline.stdout.strip() or "?")
     print(report)
     if results_dir is not None:
-        from mlpipe import io
+        from mlpipe.util import files
 
         target = results_dir / f"{spec_path.stem}.md"
-        io.write_text(target, report)
+        files.write_text(target, report)
         print(f"wrote {target}", file=sys.stderr)
         if readme is not None and readme.is_file():
             text = readme.read_text()
             updated = fill_include(text, target.as_posix(), report)
             if updated != text:
-                io.write_text(readme, updated)
+                files.write_text(readme, updated)
                 print(f"updated the block for {target} in {readme}", file=sys.stderr)
     if board.failed:
         raise SweepError(

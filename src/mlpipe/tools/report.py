@@ -144,9 +144,9 @@ def format_report(base: str, params: dict, metrics: dict, plots: list[tuple[str,
 
 
 def write_report(base: str, out: Path, repo: Path = Path()) -> None:
-    from mlpipe import io
+    from mlpipe.util import files
 
-    io.write_text(out, format_report(base, *collect(base, repo)))
+    files.write_text(out, format_report(base, *collect(base, repo)))
 
 
 # The README's results section
@@ -218,12 +218,12 @@ def readme_results(metrics_dir: Path) -> str:
 
 def update_readme(readme: Path, metrics_dir: Path, check: bool = False) -> bool:
     """Rewrite the results section; with `check`, only say whether it is up to date."""
-    from mlpipe import io
+    from mlpipe.util import files
 
     text = readme.read_text()
     updated = replace_results(text, readme_results(metrics_dir))
     if check:
         return updated == text
     if updated != text:
-        io.write_text(readme, updated)
+        files.write_text(readme, updated)
     return True

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from mlpipe import MlpipeError
-from mlpipe.config import CsvParams
+from mlpipe.params import CsvParams
 
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 PARQUET_SUFFIXES = (".parquet", ".pq")

@@ -13,9 +13,9 @@ import pandas as pd
 from sklearn import datasets
 from sklearn.model_selection import train_test_split
 
-from mlpipe.config import DataParams
-from mlpipe.io import plain
-from mlpipe.tables import DataError, read_table, to_categories, to_numeric
+from mlpipe.params import DataParams
+from mlpipe.util.files import plain
+from mlpipe.util.tables import DataError, read_table, to_categories, to_numeric
 
 log = logging.getLogger("mlpipe.data")
 

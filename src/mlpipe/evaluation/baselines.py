@@ -15,7 +15,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
-from mlpipe import metrics
+from mlpipe.evaluation import metrics
 
 # lbfgs is deterministic; the seed only matters to solvers that shuffle, and is fixed here so
 # that the baselines do not rerun, or move, when the pipeline's seed changes.

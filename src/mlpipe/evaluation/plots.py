@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
-from mlpipe.metrics import DIGITS, class_probabilities
+from mlpipe.evaluation.metrics import DIGITS, class_probabilities
 
 CURVE_POINTS = 101  # ROC and precision-recall curves: one point per 0.01 of the x axis
 CALIBRATION_BINS = 10

@@ -17,11 +17,12 @@ from dvclive.keras import DVCLiveCallback
 from keras.optimizers.schedules import LearningRateSchedule
 from sklearn.utils.class_weight import compute_class_weight
 
-from mlpipe import MlpipeError, io
-from mlpipe.callbacks import DivergenceGuard, EpochLogger, OneCycle, TrainingSignals
-from mlpipe.config import OptimizerParams, Params, TrainParams, params_hash
-from mlpipe.models import output_names
-from mlpipe.resume import ResumableBackup
+from mlpipe import MlpipeError
+from mlpipe.modeling.models import output_names
+from mlpipe.params import OptimizerParams, Params, TrainParams, params_hash
+from mlpipe.training.callbacks import DivergenceGuard, EpochLogger, OneCycle, TrainingSignals
+from mlpipe.training.resume import ResumableBackup
+from mlpipe.util import files
 
 # Measured on 200,000 x 64 rows at batch 32 (2 cores): 1 -> 34k, 32 -> 76k, 128 -> 96k,
 # 1000 -> 103k samples/s. 128 keeps a diverging loss located within 128 batches.
@@ -383,7 +384,7 @@ def trim_dvclive(live_dir: Path, epochs_kept: int) -> None:
     or repeats."""
     for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
         lines = tsv.read_text().splitlines(keepends=True)
-        io.write_text(tsv, "".join(lines[: 1 + epochs_kept]))
+        files.write_text(tsv, "".join(lines[: 1 + epochs_kept]))
 
 
 def fit(
@@ -468,7 +469,7 @@ def fit(
 
 def fingerprint(params: Params, inputs: list[Path]) -> str:
     """What a backup must match to be resumed: the seed, the train section and the input files."""
-    parts = [params_hash(params, ("seed", "train"))] + [io.file_sha256(p) for p in inputs]
+    parts = [params_hash(params, ("seed", "train"))] + [files.file_sha256(p) for p in inputs]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 

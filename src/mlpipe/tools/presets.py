@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from mlpipe.config import DEFAULT_PARAMS_FILE, Params, ParamsError, _section_type, parse_params
-from mlpipe.config import read_yaml as load_yaml
+from mlpipe.params import DEFAULT_PARAMS_FILE, Params, ParamsError, _section_type, parse_params
+from mlpipe.params import read_yaml as load_yaml
 
 _BARE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Text Hydra reads as the same string unquoted: no spaces, quotes, brackets, commas or colons.

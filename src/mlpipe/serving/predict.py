@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from mlpipe import MlpipeError
-from mlpipe.config import CsvParams
-from mlpipe.data import model_inputs
-from mlpipe.tables import DataError, iter_table
+from mlpipe.dataset import model_inputs
+from mlpipe.params import CsvParams
+from mlpipe.util.tables import DataError, iter_table
 
 log = logging.getLogger("mlpipe.predict")
 
@@ -35,7 +35,7 @@ def load(model_path: str | Path):
     Beside a bare `.keras` file without metadata.json, the features are read off the model's
     inputs and classes are reported by index.
     """
-    from mlpipe.models import CORE_CONFIG_FILE, load_model, load_model_folder
+    from mlpipe.modeling.models import CORE_CONFIG_FILE, load_model, load_model_folder
 
     path = Path(model_path)
     model_file = path / KERAS_FILE if path.is_dir() else path
@@ -58,7 +58,7 @@ def load(model_path: str | Path):
 
 
 def metadata_from_model(model) -> dict:
-    from mlpipe.models import main_output, split_model
+    from mlpipe.modeling.models import main_output, split_model
 
     inputs = model.input if isinstance(model.input, dict) else {t.name: t for t in model.inputs}
     features = [
@@ -95,7 +95,7 @@ def check_columns(columns: list[str], meta: dict, where: str) -> list[str]:
 
 def output_frame(raw: np.ndarray, meta: dict, ids: pd.Series | None) -> pd.DataFrame:
     """The prediction column, and for classification one `proba_<class>` column per class."""
-    from mlpipe.metrics import class_probabilities
+    from mlpipe.evaluation.metrics import class_probabilities
 
     out = pd.DataFrame(index=range(len(raw)))
     if ids is not None:
@@ -125,7 +125,7 @@ def predict_file(
     The output appears only when every row succeeded, so a failure never leaves half a file.
     """
     from mlpipe.features import predict
-    from mlpipe.models import main_output
+    from mlpipe.modeling.models import main_output
 
     csv_params = CsvParams(**meta["csv"]) if meta.get("csv") else CsvParams()
     output_path = Path(output_path)

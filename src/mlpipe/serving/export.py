@@ -14,10 +14,10 @@ import pandas as pd
 
 import mlpipe
 from mlpipe import MlpipeError
-from mlpipe.config import ExportParams, Params, params_hash
 from mlpipe.features import feature_summary
-from mlpipe.io import file_sha256
-from mlpipe.models import main_output, output_names, save_model, split_model
+from mlpipe.modeling.models import main_output, output_names, save_model, split_model
+from mlpipe.params import ExportParams, Params, params_hash
+from mlpipe.util.files import file_sha256
 
 KERAS_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"

@@ -15,10 +15,9 @@ import keras
 import numpy as np
 import pandas as pd
 
-from mlpipe import MlpipeError, io
-from mlpipe.config import ModelParams
+from mlpipe import MlpipeError
 from mlpipe.features import PREPROCESS, build_preprocessor
-from mlpipe.networks import (
+from mlpipe.modeling.networks import (
     AUX,
     DEEP,
     MAIN,
@@ -27,6 +26,8 @@ from mlpipe.networks import (
     hidden_layers,
     output_spec,
 )
+from mlpipe.params import ModelParams
+from mlpipe.util import files
 
 CORE = "core"
 # A model folder holds MODEL_FILE, or for a subclass the three files after it.
@@ -262,7 +263,7 @@ def save_model_folder(model: keras.Model, path: str | Path) -> None:
     reads back: `model.keras` for the Sequential and Functional APIs; for a subclass,
     `preprocess.keras`, the core's weights (`save_weights`) and the config it is rebuilt from."""
     preprocessor, core = split_model(model)
-    with io.atomic_dir(path) as tmp:
+    with files.atomic_dir(path) as tmp:
         if isinstance(core, WideAndDeepModel):
             save_model(preprocessor, tmp / PREPROCESS_FILE)
             # A core rebuilt from its config holds the weights alone, without the state of the
@@ -272,7 +273,7 @@ def save_model_folder(model: keras.Model, path: str | Path) -> None:
             bare.set_weights(core.get_weights())
             bare.save_weights(tmp / CORE_WEIGHTS_FILE)
             config = {"class_name": type(core).__name__, "config": core.get_config()}
-            io.write_json(tmp / CORE_CONFIG_FILE, config)
+            files.write_json(tmp / CORE_CONFIG_FILE, config)
         else:
             save_model(model, tmp / MODEL_FILE)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from mlpipe import io
-from mlpipe.io import file_sha256, plain
+from mlpipe.util import files
+from mlpipe.util.files import file_sha256, plain
 
 log = logging.getLogger("mlpipe.train")
 
@@ -114,7 +114,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                     np.savez(handle, **{f"w{i}": w for i, w in enumerate(weights)})
                 tmp.replace(self.dir / best_file)
         # Written last: a backup counts only once this file names its epoch and weights.
-        io.write_json(
+        files.write_json(
             self.dir / STATE_FILE,
             {
                 "epoch": self._current_epoch,
