@@ -271,19 +271,17 @@ def memory_probe(rows: int) -> None:
 
 
 def markdown(results: dict) -> str:
-    rows = results["samples_per_s"]
-    lines = [
-        "| batch | mlpipe | plain Keras fit | scikit-learn | mlpipe / Keras | mlpipe / sklearn |",
-        "|---|---|---|---|---|---|",
-    ]
-    for batch, r in rows.items():
+    from mlpipe.util.markdown import table
+
+    header = ["batch", "mlpipe", "plain Keras fit", "scikit-learn"]
+    header += ["mlpipe / Keras", "mlpipe / sklearn"]
+    rows = []
+    for batch, r in results["samples_per_s"].items():
         sk = f"{r['sklearn']:,.0f}" if r.get("sklearn") else "-"
         sk_ratio = f"{r['mlpipe'] / r['sklearn']:.2f}" if r.get("sklearn") else "-"
-        lines.append(
-            f"| {batch} | {r['mlpipe']:,.0f} | {r['keras_fit']:,.0f} | {sk} | "
-            f"{r['mlpipe'] / r['keras_fit']:.2f} | {sk_ratio} |"
-        )
-    lines.append("")
+        speeds = [f"{r['mlpipe']:,.0f}", f"{r['keras_fit']:,.0f}", sk]
+        rows.append([str(batch), *speeds, f"{r['mlpipe'] / r['keras_fit']:.2f}", sk_ratio])
+    lines = [table(header, rows), ""]
     lines.append(
         f"Samples per second, {results['rows']:,} rows x {FEATURES} features, "
         f"MLP {HIDDEN}. NumPy sgemm: {results['sgemm_gflops']:.0f} GFLOP/s; mlpipe at "
@@ -372,15 +370,18 @@ def main() -> None:
     if not args.quick:
         results.update(pipeline_seconds())
         results["peak_rss_gb_2m_rows"] = round(peak_rss_gb(2_000_000), 2)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "results.md").write_text(markdown(results))
+    from mlpipe.util import files
+
+    files.write_text(args.out / "results.json", json.dumps(results, indent=2) + "\n")
+    files.write_text(args.out / "results.md", markdown(results))
     print(markdown(results))
     if args.out == ROOT / "bench":
-        from mlpipe.tools.report import fill_include
+        from mlpipe.tools.readme import fill_include
 
         readme = ROOT / "README.md"
-        readme.write_text(fill_include(readme.read_text(), "bench/results.md", markdown(results)))
+        files.write_text(
+            readme, fill_include(readme.read_text(), "bench/results.md", markdown(results))
+        )
 
 
 if __name__ == "__main__":

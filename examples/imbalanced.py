@@ -17,7 +17,7 @@ from mlpipe import dataset, features
 from mlpipe.modeling import models
 from mlpipe.params import parse_params
 from mlpipe.training import loop
-from mlpipe.util import runtime
+from mlpipe.util import markdown, runtime
 
 
 def imbalanced_frame(seed: int = 0, rows: int = 3000) -> pd.DataFrame:
@@ -67,12 +67,12 @@ def train_and_score(frame: pd.DataFrame, class_weight, seed: int = 0) -> dict:
 def main() -> None:
     frame = imbalanced_frame()
     print(f"positives: {frame['label'].mean():.1%} of {len(frame)} rows")
-    print("| train.class_weight | minority recall | majority recall | balanced accuracy |")
-    print("|---|---|---|---|")
+    header = ["train.class_weight", "minority recall", "majority recall", "balanced accuracy"]
+    rows = []
     for setting in (None, "balanced"):
         scores = train_and_score(frame, setting)
-        values = " | ".join(f"{scores[k]:.3f}" for k in scores)
-        print(f"| {setting or 'null'} | {values} |")
+        rows.append([setting or "null", *(f"{value:.3f}" for value in scores.values())])
+    print(markdown.table(header, rows))
 
 
 if __name__ == "__main__":

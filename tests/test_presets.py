@@ -10,6 +10,7 @@ from dvc.utils.hydra import apply_overrides
 from conftest import ROOT
 from mlpipe.params import ParamsError, load_params, parse_params
 from mlpipe.tools import cli, presets
+from mlpipe.util.overrides import hydra_value
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
@@ -57,6 +58,35 @@ def test_mappings_are_replaced_and_odd_text_survives(tmp_path):
     assert params.train.class_weight == {"b": 3.0}
     assert params.train.early_stopping.patience == 4  # a key absent from the file is added
     assert params.evaluate.thresholds == {"accuracy": 0.95}
+
+
+# Text that Hydra or OmegaConf would read as another value, or that needs escaping inside quotes
+ODD_TEXT = [
+    *("auto", "relu", "data/raw/x.csv", "1e-3", "null", "True", "inf", "", " x", "a b", "é"),
+    *("it's", "x:y", "a,b", "[x]", "a=b", "$x", "${seed}", "\\${seed}"),
+    *("C:\\data\\", "a\\b", "a\\'b", "\\"),
+]
+
+
+def test_text_reaches_params_yaml_as_written(tmp_path):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("seed: 1\n")
+    apply_overrides(params_file, [f"+k{i}={hydra_value(text)}" for i, text in enumerate(ODD_TEXT)])
+    written = yaml.safe_load(params_file.read_text())
+    assert [written[f"k{i}"] for i in range(len(ODD_TEXT))] == ODD_TEXT
+
+
+def test_text_is_quoted_only_where_hydra_needs_it():
+    assert [hydra_value(v) for v in ("auto", "data/raw/x.csv", "null", "1e-3")] == [
+        "auto",
+        "data/raw/x.csv",
+        "'null'",
+        "'1e-3'",
+    ]
+    assert hydra_value(("a", 1, None, [True])) == "[a,1,null,[true]]"
+    assert hydra_value({"a": 0.5, "b": "x y"}) == "{a:0.5,b:'x y'}"
+    with pytest.raises(ParamsError, match="cannot be passed to `dvc exp run -S`"):
+        hydra_value({"a b": 1})
 
 
 def test_a_preset_applies_to_the_committed_params_not_the_last_experiment(tmp_path):

@@ -1,4 +1,4 @@
-"""`make report` (what a change did against a git ref) and the README's generated results."""
+"""`make report`: what a change did against a git ref."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, stage_env
+from conftest import stage_env
 from mlpipe.tools import report
 
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
@@ -106,35 +106,3 @@ def test_other_metrics_go_in_a_collapsed_table():
     assert "| `metrics/train.json` | best_epoch | 3 | 7 | +4 |" in text
     assert "(plots/evaluate/new.png) (added)" in text
     assert "1 plot data files: `plots/evaluate/roc.csv` (changed)" in text
-
-
-def test_results_table_has_the_model_and_its_baselines():
-    evaluate = {
-        "accuracy": 0.98,
-        "log_loss": 0.051234,
-        "per_class": {"0": {"f1": 1.0}},
-        "valid": {"accuracy": 0.99, "log_loss": 0.04},
-        "baseline": {"majority": {"accuracy": 0.1, "log_loss": 2.3, "valid": {"accuracy": 0.1}}},
-    }
-    train = {"epochs_run": 12, "best_epoch": 9, "monitor": "val_loss"}
-    assert report.results_markdown(evaluate, train).splitlines() == [
-        "| metric | MLP, test | MLP, validation | majority, test |",
-        "|---|---|---|---|",
-        "| accuracy | 0.9800 | 0.9900 | 0.1000 |",
-        "| log_loss | 0.0512 | 0.0400 | 2.3000 |",
-        "",
-        "Training ran 12 epochs and kept epoch 9, the best by val_loss.",
-    ]
-
-
-def test_results_need_both_markers():
-    with pytest.raises(report.ReportError, match="results markers are missing"):
-        report.replace_results("# readme\n", "table")
-    readme = f"a\n{report.RESULTS_START}\nold\n{report.RESULTS_END}\nb\n"
-    assert report.replace_results(readme, "new") == readme.replace("old", "new")
-
-
-def test_readme_results_match_the_metrics_in_git():
-    readme = (ROOT / "README.md").read_text()
-    expected = report.replace_results(readme, report.readme_results(ROOT / "metrics"))
-    assert readme == expected, "README.md's results are stale: run `make readme-results`"

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from mlpipe.tools import cli, report, sweep
+from mlpipe.tools import cli, sweep
 from mlpipe.tools.sweep import SweepError
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -64,7 +64,7 @@ def test_overrides_are_in_hydra_syntax():
     trial = {"a.b": 0.001, "c": "auto", "d": [300, 100], "e": True, "f": None, "g": 1e-05}
     assert sweep.overrides(trial) == [
         *("-S", "a.b=0.001"),
-        *("-S", "c='auto'"),
+        *("-S", "c=auto"),
         *("-S", "d=[300,100]"),
         *("-S", "e=true"),
         *("-S", "f=null"),
@@ -165,20 +165,6 @@ def test_leaderboard_ranks_on_validation_never_on_test():
     }
     found = sweep.results(json.loads(show_json(higher)))
     assert sweep.leaderboard(found, ["a-0", "a-1"], []).best == "a-1"
-
-
-def test_readme_block_is_replaced_only_for_its_results_file():
-    text = (
-        "intro\n<!-- sweep results: sweeps/results/a.md -->\nold a\n<!-- end of sweep results -->\n"
-        "<!-- sweep results: sweeps/results/b.md -->\nold b\n<!-- end of sweep results -->\n"
-    )
-    updated = report.fill_include(text, "sweeps/results/a.md", "new a\n")
-    assert "new a\n<!-- end" in updated and "old a" not in updated and "old b" in updated
-    assert report.fill_include(text, "sweeps/results/c.md", "x") == text
-    bench = "<!-- bench results: bench/results.md -->\nold\n<!-- end of bench results -->\n"
-    assert report.fill_include(text + bench, "bench/results.md", "new\n").endswith(
-        "<!-- bench results: bench/results.md -->\nnew\n<!-- end of bench results -->\n"
-    )
 
 
 def test_sweep_refuses_to_clash_with_other_experiments(tmp_path):

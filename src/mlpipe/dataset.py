@@ -15,12 +15,12 @@ from sklearn.model_selection import train_test_split
 
 from mlpipe.params import DataParams
 from mlpipe.util.files import plain
+from mlpipe.util.paths import SCHEMA_FILE
 from mlpipe.util.tables import DataError, read_table, to_categories, to_numeric
 
 log = logging.getLogger("mlpipe.data")
 
 SPLITS = ("train", "valid", "test")
-SCHEMA_FILE = "schema.json"
 
 # Datasets that ship inside scikit-learn, so they load without a network.
 SKLEARN_LOADERS: dict[str, Callable] = {

@@ -28,13 +28,9 @@ from mlpipe.modeling.networks import (
 )
 from mlpipe.params import ModelParams
 from mlpipe.util import files
+from mlpipe.util.paths import CORE_CONFIG_FILE, CORE_WEIGHTS_FILE, KERAS_FILE, PREPROCESS_FILE
 
 CORE = "core"
-# A model folder holds MODEL_FILE, or for a subclass the three files after it.
-MODEL_FILE = "model.keras"
-PREPROCESS_FILE = "preprocess.keras"
-CORE_WEIGHTS_FILE = "core.weights.h5"
-CORE_CONFIG_FILE = "core.json"
 HIDDEN_SETTINGS = (
     "hidden_units",
     "activation",
@@ -248,14 +244,8 @@ def load_model(path: str | Path) -> keras.Model:
 
 def save_model(model: keras.Model, path: str | Path) -> None:
     """Save as `.keras` through a temporary sibling, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    try:
+    with files.atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_model_folder(model: keras.Model, path: str | Path) -> None:
@@ -275,18 +265,18 @@ def save_model_folder(model: keras.Model, path: str | Path) -> None:
             config = {"class_name": type(core).__name__, "config": core.get_config()}
             files.write_json(tmp / CORE_CONFIG_FILE, config)
         else:
-            save_model(model, tmp / MODEL_FILE)
+            save_model(model, tmp / KERAS_FILE)
 
 
 def load_model_folder(path: str | Path) -> keras.Model:
     """The model in a folder written by `save_model_folder`: a subclass is rebuilt from its
     config, behind the saved preprocessing, and its weights are loaded."""
     path = Path(path)
-    if (path / MODEL_FILE).is_file():
-        return load_model(path / MODEL_FILE)
+    if (path / KERAS_FILE).is_file():
+        return load_model(path / KERAS_FILE)
     if not (path / CORE_CONFIG_FILE).is_file():
         raise MlpipeError(
-            f"{path}: no {MODEL_FILE} or {CORE_CONFIG_FILE} in this folder: not a model saved by "
+            f"{path}: no {KERAS_FILE} or {CORE_CONFIG_FILE} in this folder: not a model saved by "
             "this project; rerun the stage that produces it (`dvc repro`)"
         )
     preprocessor = load_model(path / PREPROCESS_FILE)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import platform
-import subprocess
 from pathlib import Path
 
 import keras
@@ -17,13 +16,16 @@ from mlpipe import MlpipeError
 from mlpipe.features import feature_summary
 from mlpipe.modeling.models import main_output, output_names, save_model, split_model
 from mlpipe.params import ExportParams, Params, params_hash
+from mlpipe.util import git
 from mlpipe.util.files import file_sha256
+from mlpipe.util.paths import (
+    H5_FILE,
+    KERAS_FILE,
+    METADATA_FILE,  # noqa: F401  (stages/export.py writes it)
+    ONNX_FILE,
+    SAVED_MODEL_DIR,
+)
 
-KERAS_FILE = "model.keras"
-SAVED_MODEL_DIR = "saved_model"
-METADATA_FILE = "metadata.json"
-ONNX_FILE = "model.onnx"
-H5_FILE = "model.h5"
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-4
 # The params that shape the trained model; their hash identifies it.
@@ -31,17 +33,6 @@ MODEL_SECTIONS = ("seed", "data", "model", "train")
 log = logging.getLogger("mlpipe.export")
 
 LIBRARIES = ("tensorflow", "keras", "numpy", "pandas", "scikit-learn", "dvc")
-
-
-def git_commit(cwd: Path | None = None) -> str | None:
-    """HEAD's commit, suffixed `-dirty` when tracked files differ from it; None outside git."""
-    try:
-        run = dict(cwd=cwd, capture_output=True, text=True, check=True)
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], **run).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], **run).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return f"{commit}-dirty" if dirty else commit
 
 
 def library_versions() -> dict[str, str]:
@@ -71,7 +62,7 @@ def metadata(schema: dict, params: Params, train_file: Path, model: keras.Model)
         + ["onnx"] * params.export.onnx
         + ["h5"] * params.export.h5,
         "versions": library_versions(),
-        "git_commit": git_commit(),
+        "git_commit": git.head_commit(mark_dirty=True),
         "params_sha256": params_hash(params, MODEL_SECTIONS),
         "params_sections": list(MODEL_SECTIONS),
         "train_data_sha256": file_sha256(train_file),

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +17,12 @@ import pandas as pd
 from mlpipe import MlpipeError
 from mlpipe.dataset import model_inputs
 from mlpipe.params import CsvParams
+from mlpipe.util import files
+from mlpipe.util.paths import CORE_CONFIG_FILE, KERAS_FILE, METADATA_FILE
 from mlpipe.util.tables import DataError, iter_table
 
 log = logging.getLogger("mlpipe.predict")
 
-KERAS_FILE = "model.keras"
-METADATA_FILE = "metadata.json"
 PREDICTION = "prediction"
 
 
@@ -35,7 +33,7 @@ def load(model_path: str | Path):
     Beside a bare `.keras` file without metadata.json, the features are read off the model's
     inputs and classes are reported by index.
     """
-    from mlpipe.modeling.models import CORE_CONFIG_FILE, load_model, load_model_folder
+    from mlpipe.modeling.models import load_model, load_model_folder
 
     path = Path(model_path)
     model_file = path / KERAS_FILE if path.is_dir() else path
@@ -128,14 +126,9 @@ def predict_file(
     from mlpipe.modeling.models import main_output
 
     csv_params = CsvParams(**meta["csv"]) if meta.get("csv") else CsvParams()
-    output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=output_path.parent, prefix=f".{output_path.name}.", suffix=".tmp"
-    )
     rows = 0
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
+    with files.atomic_path(output_path) as tmp:
+        with open(tmp, "w", newline="") as handle:
             checked = False
             for chunk in iter_table(input_path, csv_params, chunk_rows):
                 if not checked:
@@ -155,8 +148,4 @@ def predict_file(
                 rows += len(chunk)
         if rows == 0:
             raise DataError(f"{input_path}: no data rows to predict")
-        os.replace(tmp, output_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return rows

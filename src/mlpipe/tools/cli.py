@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import yaml
 
-from mlpipe import MlpipeError, __version__
+from mlpipe import __version__
 from mlpipe.params import DEFAULT_PARAMS_FILE, Params, load_params
+from mlpipe.util.stage import fail, user_errors
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -61,17 +61,16 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _readme_results(args: argparse.Namespace) -> None:
-    from mlpipe.tools import report
+    from mlpipe.tools import readme
 
-    if report.update_readme(args.readme, args.metrics, check=args.check):
+    if readme.update_readme(args.readme, args.metrics, check=args.check):
         print(f"{args.readme}: results {'match' if args.check else 'written from'} {args.metrics}/")
         return
-    print(
-        f"error: {args.readme}: the results section does not match {args.metrics}/; "
+    fail(
+        f"{args.readme}: the results section does not match {args.metrics}/; "
         "run `make readme-results`",
-        file=sys.stderr,
+        code=1,
     )
-    sys.exit(1)
 
 
 def _sweep(args: argparse.Namespace) -> None:
@@ -161,11 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
+    with user_errors():
         args.func(args)
-    except MlpipeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

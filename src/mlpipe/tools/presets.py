@@ -8,21 +8,15 @@ Imports no TensorFlow.
 
 from __future__ import annotations
 
-import re
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import BaseModel
 
 from mlpipe.params import DEFAULT_PARAMS_FILE, Params, ParamsError, _section_type, parse_params
 from mlpipe.params import read_yaml as load_yaml
-
-_BARE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Text Hydra reads as the same string unquoted: no spaces, quotes, brackets, commas or colons.
-_BARE_TEXT = re.compile(r"^[A-Za-z_][A-Za-z0-9_./-]*$")
-_TYPED_WORDS = {"true", "false", "null", "nan", "inf"}
+from mlpipe.util import git
+from mlpipe.util.overrides import hydra_value
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -73,40 +67,10 @@ def overrides(
     return out
 
 
-def hydra_value(value: Any) -> str:
-    """`value` in Hydra's override grammar. Text is quoted unless Hydra would read it back as
-    the same string (a word such as `null` or `true` would not be)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        if _BARE_TEXT.match(value) and value.lower() not in _TYPED_WORDS:
-            return value
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    if isinstance(value, list):
-        return "[" + ",".join(hydra_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        bad = [k for k in value if not _BARE_KEY.match(str(k))]
-        if bad:
-            raise ParamsError(f"keys {bad} cannot be passed to `dvc exp run -S`; rename them")
-        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
-    raise ParamsError(f"value {value!r} of type {type(value).__name__} is not a param value")
-
-
 def committed(params_file: str | Path, ref: str = "HEAD") -> dict | None:
     """`params_file` as committed at `ref`, or None outside git or where it is not committed."""
-    path = Path(params_file).resolve()
-    try:
-        run = dict(cwd=path.parent, capture_output=True, text=True, check=True)
-        root = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], **run).stdout.strip())
-        name = path.relative_to(root).as_posix()
-        text = subprocess.run(["git", "show", f"{ref}:{name}"], **run).stdout
-    except (OSError, ValueError, subprocess.CalledProcessError):
-        return None
-    return yaml.safe_load(text) or {}
+    text = git.committed_text(params_file, ref)
+    return None if text is None else yaml.safe_load(text) or {}
 
 
 def preset_args(preset_file: str | Path, params_file: str | Path = DEFAULT_PARAMS_FILE) -> list:

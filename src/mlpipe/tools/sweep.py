@@ -26,12 +26,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlpipe import MlpipeError
-from mlpipe.params import ParamsError, parse_params, read_yaml
-from mlpipe.tools.report import fill_include
-
-OBJECTIVE_FILE = "metrics/train.json"
-TEST_FILE = "metrics/evaluate.json"
-LR_FILE = "metrics/lr_find.json"
+from mlpipe.params import DEFAULT_PARAMS_FILE, ParamsError, parse_params, read_yaml
+from mlpipe.tools.readme import fill_include
+from mlpipe.util import git, markdown
+from mlpipe.util.overrides import hydra_value
+from mlpipe.util.paths import EVALUATE_METRICS, LR_FIND_METRICS, TRAIN_METRICS
 
 
 class SweepError(MlpipeError):
@@ -164,31 +163,15 @@ def check_trials(trials: list[dict[str, Any]], raw_params: dict, spec_name: str)
 
 
 def describe(trial: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={_hydra(value)}" for key, value in trial.items())
+    return ", ".join(f"{key}={hydra_value(value)}" for key, value in trial.items())
 
 
 def overrides(trial: dict[str, Any]) -> list[str]:
     """`-S key=value` arguments of `dvc exp run`, in Hydra's override syntax."""
     args = []
     for key, value in trial.items():
-        args += ["-S", f"{key}={_hydra(value)}"]
+        args += ["-S", f"{key}={hydra_value(value)}"]
     return args
-
-
-def _hydra(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):  # quoted, so `auto` or `1e-3` stay text
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(_hydra(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{_hydra(v)}" for k, v in value.items()) + "}"
-    raise SweepError(f"cannot pass {value!r} ({type(value).__name__}) to `dvc exp run -S`")
 
 
 def _set(raw: dict, key: str, value: Any) -> None:
@@ -239,11 +222,12 @@ def results(show: list[dict]) -> dict[str, Result]:
             rev = experiment["revs"][0]
             data = rev.get("data") or {}
             executor = experiment.get("executor") or {}
+            params_files = data.get("params") or {}
             name = experiment.get("name") or rev.get("name") or rev["rev"][:7]
             found[name] = Result(
                 name=name,
                 state=executor.get("state") or ("failed" if rev.get("error") else "success"),
-                params=((data.get("params") or {}).get("params.yaml") or {}).get("data") or {},
+                params=(params_files.get(DEFAULT_PARAMS_FILE) or {}).get("data") or {},
                 metrics={
                     path: (entry or {}).get("data") or {}
                     for path, entry in (data.get("metrics") or {}).items()
@@ -263,9 +247,7 @@ class Leaderboard:
     failed: list[str]
 
     def markdown(self) -> str:
-        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
-        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
-        return "\n".join(lines) + "\n"
+        return markdown.table(self.columns, self.rows) + "\n"
 
 
 def leaderboard(found: dict[str, Result], wanted: list[str], keys: list[str]) -> Leaderboard:
@@ -279,11 +261,11 @@ def leaderboard(found: dict[str, Result], wanted: list[str], keys: list[str]) ->
     monitor = None
     for name in wanted:
         result = found[name]
-        value = result.metrics.get(OBJECTIVE_FILE, {}).get("best_monitor_value")
+        value = result.metrics.get(TRAIN_METRICS, {}).get("best_monitor_value")
         if result.state != "success" or value is None:
             failed.append(name)
             continue
-        monitor = result.metrics[OBJECTIVE_FILE].get("monitor", "val_loss")
+        monitor = result.metrics[TRAIN_METRICS].get("monitor", "val_loss")
         ranked.append((float(value), name))
     maximize = monitor is not None and "accuracy" in monitor
     ranked.sort(key=lambda item: (-item[0] if maximize else item[0], item[1]))
@@ -299,9 +281,9 @@ def leaderboard(found: dict[str, Result], wanted: list[str], keys: list[str]) ->
                 str(rank),
                 name,
                 *(_cell(_get(result.params, key)) for key in keys),
-                _cell(result.metrics.get(LR_FILE, {}).get("learning_rate")),
+                _cell(result.metrics.get(LR_FIND_METRICS, {}).get("learning_rate")),
                 _cell(value),
-                _cell(result.metrics.get(TEST_FILE, {}).get(test_key)),
+                _cell(result.metrics.get(EVALUATE_METRICS, {}).get(test_key)),
             ]
         )
     for name in failed:
@@ -312,7 +294,7 @@ def leaderboard(found: dict[str, Result], wanted: list[str], keys: list[str]) ->
 
 def _test_key(found) -> str:
     for result in found:
-        scores = result.metrics.get(TEST_FILE, {})
+        scores = result.metrics.get(EVALUATE_METRICS, {})
         for key in ("accuracy", "rmse"):
             if key in scores:
                 return key
@@ -415,7 +397,7 @@ def run_sweep(
     spec_path: Path,
     *,
     jobs: int = 1,
-    params_file: Path = Path("params.yaml"),
+    params_file: Path = Path(DEFAULT_PARAMS_FILE),
     prefix: str | None = None,
     results_dir: Path | None = Path("sweeps/results"),
     readme: Path | None = None,
@@ -437,8 +419,7 @@ def run_sweep(
     if not show_only:
         sweep.queue_and_run(jobs)
     board = sweep.leaderboard()
-    baseline = sweep.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    report = sweep.report(board, baseline.stdout.strip() or "?")
+    report = sweep.report(board, git.head_commit(short=True) or "?")
     print(report)
     if results_dir is not None:
         from mlpipe.util import files

@@ -277,12 +277,8 @@ class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
     def _save_model(self, epoch, batch, logs):
         filepath = Path(self._get_file_path(epoch, batch, logs))
         if self._should_save_model(epoch, batch, logs, str(filepath)):
-            tmp = filepath.with_name(f".{filepath.name.removesuffix('.weights.h5')}.tmp.weights.h5")
-            try:
+            with files.atomic_path(filepath, suffix=".weights.h5") as tmp:
                 self.model.save_weights(tmp)
-                tmp.replace(filepath)
-            finally:
-                tmp.unlink(missing_ok=True)
 
 
 def n_rows(x) -> int:

@@ -109,10 +109,8 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             weights = getattr(callback, "best_weights", None)
             if isinstance(callback, keras.callbacks.EarlyStopping) and weights is not None:
                 best_file = f"early_stopping_best.{self._current_epoch}.npz"
-                tmp = self.dir / f".{best_file}"
-                with open(tmp, "wb") as handle:
+                with files.atomic_path(self.dir / best_file) as tmp, open(tmp, "wb") as handle:
                     np.savez(handle, **{f"w{i}": w for i, w in enumerate(weights)})
-                tmp.replace(self.dir / best_file)
         # Written last: a backup counts only once this file names its epoch and weights.
         files.write_json(
             self.dir / STATE_FILE,

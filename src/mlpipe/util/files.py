@@ -1,4 +1,4 @@
-"""File writes that never leave a half-written output behind."""
+"""File writes that never leave a half-written output behind, and small file helpers."""
 
 from __future__ import annotations
 
@@ -19,17 +19,8 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
-    """Write through a temporary sibling and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json(path: str | Path, obj) -> None:
@@ -37,16 +28,44 @@ def write_json(path: str | Path, obj) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary folder that replaces `path` only if the block succeeds."""
+def atomic_path(path: str | Path, *, suffix: str = ".tmp", folder: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` to write, an empty file (or folder, with `folder`),
+    that replaces `path` whole if the block succeeds and is removed if it fails: a reader never
+    sees half an output, and a failure leaves the previous one in place.
+
+    The temporary name ends with `suffix`, for writers that take the format from the name
+    (Keras: `.keras`, `.weights.h5`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    where = {"dir": path.parent, "prefix": f".{path.name}.", "suffix": suffix}
+    if folder:
+        tmp = Path(tempfile.mkdtemp(**where))
+    else:
+        fd, name = tempfile.mkstemp(**where)
+        os.close(fd)
+        tmp = Path(name)
     try:
         yield tmp
+        if folder:
+            _replace_folder(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if folder:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_dir(path: str | Path) -> contextlib.AbstractContextManager[Path]:
+    """`atomic_path` for a folder: an empty temporary folder that replaces `path` whole."""
+    return atomic_path(path, folder=True)
+
+
+def _replace_folder(tmp: Path, path: Path) -> None:
+    # A folder cannot be renamed over a non-empty one: move the old one aside first.
     old = path.with_name(f".{path.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if path.exists():

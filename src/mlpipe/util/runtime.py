@@ -9,9 +9,8 @@ import tensorflow as tf
 
 log = logging.getLogger("mlpipe.runtime")
 
-# Batches up to this many rows train faster with one thread per op. Samples/s with one thread
-# against TensorFlow's default, 200,000 x 64 rows, MLP (300, 100), 2 cores (bench/bench.py):
-# batch 32 +25%, 64 +13%, 256 +18%, 512 +10%, 1024 -2%, 2048 -9%.
+# Batches up to this many rows train faster with one thread per op; larger ones gain from
+# splitting each op across the cores. The README gives the measured gain per batch size.
 SMALL_BATCH = 512
 
 

@@ -30,10 +30,6 @@ class DataError(MlpipeError):
     """The data cannot be used as configured."""
 
 
-def is_table_path(source: str) -> bool:
-    return Path(source).suffix.lower() in CSV_SUFFIXES + PARQUET_SUFFIXES
-
-
 def read_table(path: str | Path, csv_params: CsvParams) -> pd.DataFrame:
     """The whole file as a frame with typed columns (see `type_columns`)."""
     path = _existing(path)
@@ -137,10 +133,6 @@ def to_categories(column: pd.Series) -> np.ndarray:
         return np.where(np.isnan(values), "", text).astype(object)
     text = column.astype("str").str.strip().fillna("")
     return text.to_numpy(dtype=object)
-
-
-def _missing(value) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
 
 
 def _existing(path: str | Path) -> Path:

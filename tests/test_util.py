@@ -1,0 +1,67 @@
+"""The plumbing every stage and tool shares: atomic writes, git, Markdown tables, error exits."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from mlpipe import MlpipeError
+from mlpipe.util import files, git, markdown, stage
+
+
+def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "out" / "scores.json"
+    files.write_json(target, {"b": 1, "a": 2})
+    assert target.read_text() == '{\n  "a": 2,\n  "b": 1\n}\n'
+    with pytest.raises(RuntimeError), files.atomic_path(target, suffix=".keras") as tmp:
+        assert tmp.name.startswith(".scores.json.") and tmp.name.endswith(".keras")
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert target.read_text() == '{\n  "a": 2,\n  "b": 1\n}\n'
+    assert [p.name for p in target.parent.iterdir()] == ["scores.json"]
+
+
+def test_a_folder_is_replaced_whole(tmp_path):
+    target = tmp_path / "model"
+    with files.atomic_dir(target) as tmp:
+        (tmp / "old.txt").write_text("old")
+    with files.atomic_path(target, folder=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_markdown_table():
+    assert markdown.table(["a", "b"], [["1", "2"], ["3", ""]]) == (
+        "| a | b |\n|---|---|\n| 1 | 2 |\n| 3 |  |"
+    )
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_git_helpers(tmp_path):
+    assert git.head_commit(tmp_path) is None
+    assert git.committed_text(tmp_path / "params.yaml") is None
+    with pytest.raises(git.GitError, match=r"`git log` failed:\n.*not a git repository"):
+        git.run("log", cwd=tmp_path)
+    command = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    for args in (["init", "-q"], ["add", "params.yaml"], ["commit", "-qm", "params"]):
+        subprocess.run([*command, *args], cwd=tmp_path, check=True)
+    head = git.head_commit(tmp_path)
+    assert len(head) == 40 and head.startswith(git.head_commit(tmp_path, short=True))
+    assert git.is_commit("HEAD", tmp_path) and not git.is_commit("nope", tmp_path)
+    (tmp_path / "params.yaml").write_text("seed: 2\n")
+    assert git.head_commit(tmp_path, mark_dirty=True) == f"{head}-dirty"
+    assert git.committed_text(tmp_path / "params.yaml") == "seed: 1\n"
+    assert git.committed_text(tmp_path / "other.yaml") is None
+
+
+def test_a_user_error_exits_2_with_its_message_alone(capsys):
+    with pytest.raises(SystemExit) as info, stage.user_errors():
+        raise MlpipeError("data.target: column `y` not found")
+    assert info.value.code == 2
+    assert capsys.readouterr().err == "error: data.target: column `y` not found\n"
+    with pytest.raises(ValueError), stage.user_errors():
+        raise ValueError("a bug keeps its traceback")
