@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from mlpipe.tools import cli, sweep
-from mlpipe.tools.sweep import SweepError
+from mlpipe.tools import cli, sweep, sweep_spec
+from mlpipe.tools.sweep_spec import SweepError
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
@@ -24,21 +24,21 @@ def spec_file(tmp_path: Path, spec: dict, name: str = "spec") -> Path:
 
 
 def test_grid_trials_random_and_fixed_combine_in_order():
-    spec = sweep.SweepSpec(
+    spec = sweep_spec.SweepSpec(
         grid={"a": [1, 2], "b": ["x", "y"]},
         trials=[{"c": 1, "d": 2}, {"c": 3, "d": 4}],
         fixed={"e": True},
     )
-    trials = sweep.expand(spec)
+    trials = sweep_spec.expand(spec)
     assert len(trials) == 8
     assert trials[0] == {"a": 1, "b": "x", "c": 1, "d": 2, "e": True}
     assert trials[-1] == {"a": 2, "b": "y", "c": 3, "d": 4, "e": True}
     with pytest.raises(SweepError, match="a: set by two parts"):
-        sweep.expand(sweep.SweepSpec(grid={"a": [1]}, fixed={"a": 2}))
+        sweep_spec.expand(sweep_spec.SweepSpec(grid={"a": [1]}, fixed={"a": 2}))
 
 
 def test_random_draws_are_seeded_and_within_their_ranges():
-    spec = sweep.SweepSpec.model_validate(
+    spec = sweep_spec.SweepSpec.model_validate(
         {
             "random": {
                 "trials": 20,
@@ -52,17 +52,17 @@ def test_random_draws_are_seeded_and_within_their_ranges():
             }
         }
     )
-    trials = sweep.expand(spec)
-    assert trials == sweep.expand(spec)
+    trials = sweep_spec.expand(spec)
+    assert trials == sweep_spec.expand(spec)
     assert all(1e-4 <= t["lr"] <= 1e-1 and 0 <= t["p"] <= 0.5 for t in trials)
     assert {t["n"] for t in trials} == {1, 2, 3} and {t["act"] for t in trials} == {"relu", "elu"}
     with pytest.raises(ValueError, match="exactly one"):
-        sweep.Distribution(uniform=(0, 1), choice=[1])
+        sweep_spec.Distribution(uniform=(0, 1), choice=[1])
 
 
 def test_overrides_are_in_hydra_syntax():
     trial = {"a.b": 0.001, "c": "auto", "d": [300, 100], "e": True, "f": None, "g": 1e-05}
-    assert sweep.overrides(trial) == [
+    assert sweep_spec.overrides(trial) == [
         *("-S", "a.b=0.001"),
         *("-S", "c=auto"),
         *("-S", "d=[300,100]"),
@@ -82,7 +82,7 @@ def test_overrides_are_in_hydra_syntax():
 )
 def test_a_bad_trial_fails_naming_the_param(trial, message):
     with pytest.raises(SweepError) as info:
-        sweep.check_trials([{"seed": 1}, trial], PARAMS, "bad.yaml")
+        sweep_spec.check_trials([{"seed": 1}, trial], PARAMS, "bad.yaml")
     assert "bad.yaml, trial 2" in str(info.value) and message in str(info.value)
     assert next(iter(trial)).split(".")[-1] in str(info.value)
 
@@ -90,7 +90,7 @@ def test_a_bad_trial_fails_naming_the_param(trial, message):
 def test_trials_must_keep_the_monitor_they_are_ranked_on():
     trials = [{"train.monitor": "val_loss"}, {"train.monitor": "val_accuracy"}]
     with pytest.raises(SweepError, match=r"train\.monitor differs"):
-        sweep.check_trials(trials, PARAMS, "s.yaml")
+        sweep_spec.check_trials(trials, PARAMS, "s.yaml")
 
 
 def test_a_bad_spec_fails_before_anything_is_queued(tmp_path, capsys):
