@@ -6,9 +6,10 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_stage, tiny_params
-from mlpipe import MlpipeError, dataset, features
+from mlpipe import MlpipeError, features
 from mlpipe.modeling import models
 from mlpipe.params import learning_rate_record
+from mlpipe.schema import read_schema, read_splits
 from mlpipe.training import callbacks, loop
 from mlpipe.util import runtime
 
@@ -98,8 +99,8 @@ def test_binary_and_regression_losses():
 def test_stage_replaces_model_only_when_training_succeeds(prepared_dir, tmp_path):
     (tmp_path / "params.yaml").write_text(json.dumps({**tiny_params().model_dump(mode="json")}))
     untrained = tmp_path / "untrained"
-    schema = dataset.read_schema(prepared_dir)
-    train = dataset.read_splits(prepared_dir)["train"]
+    schema = read_schema(prepared_dir)
+    train = read_splits(prepared_dir)["train"]
     models.save_model_folder(models.build_model(tiny_params().model, schema, train), untrained)
     args = [str(prepared_dir), str(untrained), "model", "train.json"]
     args += ["--dvclive", "live", "--tensorboard", "tb", "--learning-rate", "rate.json"]
