@@ -75,6 +75,7 @@ def test_metadata_extends_the_schema_and_records_provenance(exported, prepared_d
     assert meta.git_commit is None or len(meta.git_commit.removesuffix("-dirty")) == 40
     raw = json.loads((out / METADATA_FILE).read_text())
     assert raw["features"][10]["median"] == meta.features[10].median
+    assert "categories" not in raw["features"][10]
     assert raw["csv"] == {"na_values": list(meta.csv.na_values), "sep": None}
 
 

@@ -7,17 +7,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
+
 from mlpipe.params import CsvParams
 from mlpipe.schema import Feature, Schema, read_record, write_record
 
 METADATA_FILE = "metadata.json"
 
 
-class LearnedFeature(Feature):
-    """A feature with what the preprocessing learned of it on the training split."""
+def _absent(value) -> bool:
+    return value is None
 
-    median: float | None = None  # numeric: what a missing value becomes
-    categories: tuple[str, ...] | None = None  # categorical: those seen, most frequent first
+
+class LearnedFeature(Feature):
+    """A feature with what the preprocessing learned of it on the training split: a numeric
+    one's median (what a missing value becomes), a categorical one's categories seen, most
+    frequent first. The other is left out of the file."""
+
+    median: float | None = Field(None, exclude_if=_absent)
+    categories: tuple[str, ...] | None = Field(None, exclude_if=_absent)
 
 
 class ExportMetadata(Schema):
