@@ -32,8 +32,12 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from mlpipe.schema import Schema
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES, CLASSES, HIDDEN = 64, 10, (300, 100)
@@ -48,15 +52,17 @@ def synthetic(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def schema() -> dict:
-    features = [{"name": f"x{i}", "input": f"x{i}", "kind": "numeric"} for i in range(FEATURES)]
-    return {
-        "features": features,
-        "target": "y",
-        "task": "classification",
-        "classes": list(range(CLASSES)),
-        "weight_column": None,
-    }
+def schema() -> Schema:
+    from mlpipe.schema import Feature, Schema
+
+    features = [Feature(name=f"x{i}", input=f"x{i}", kind="numeric") for i in range(FEATURES)]
+    return Schema(
+        features=features,
+        target="y",
+        task="classification",
+        classes=list(range(CLASSES)),
+        weight_column=None,
+    )
 
 
 def best_rate(seconds: list[float], rows: int) -> float:
@@ -90,7 +96,7 @@ def mlpipe_params(batch_size: int):
     )
 
 
-def mlpipe_core(params, frame, schema: dict, seed: int):
+def mlpipe_core(params, frame, schema: Schema, seed: int):
     """The MLP behind the preprocessing, and the preprocessing, as build and train make them."""
     from mlpipe.modeling import models
     from mlpipe.util import runtime
@@ -99,7 +105,7 @@ def mlpipe_core(params, frame, schema: dict, seed: int):
     return models.split_model(models.build_model(params.model, schema, frame))
 
 
-def mlpipe_fit(model, params, schema: dict, x, y, epochs: int, callbacks=()) -> None:
+def mlpipe_fit(model, params, schema: Schema, x, y, epochs: int, callbacks=()) -> None:
     """Train as the train stage does: compile_model, then fit fed by ShuffledBatches."""
     from mlpipe.training import loop
 
@@ -127,7 +133,7 @@ def mlpipe_rates(rows: int, batches: list[int], epochs: int) -> dict:
 
     runtime.set_op_threads(runtime.op_threads("auto", batches[0]))
     x, y = synthetic(rows)
-    frame = pd.DataFrame(x, columns=[f["name"] for f in schema()["features"]], copy=False)
+    frame = pd.DataFrame(x, columns=schema().feature_names, copy=False)
     rates = {}
     for batch in batches:
         params = mlpipe_params(batch)

@@ -9,9 +9,10 @@ import tempfile
 from pathlib import Path
 
 from mlpipe import dataset, features
-from mlpipe.evaluation import metrics
+from mlpipe.evaluation.evaluate import evaluate
 from mlpipe.modeling import models
 from mlpipe.params import load_params
+from mlpipe.schema import split_path, write_prepared
 from mlpipe.serving import export
 from mlpipe.training import loop
 from mlpipe.util import runtime
@@ -36,11 +37,13 @@ def main(repo: Path) -> None:
         model.load_weights(dirs.checkpoint)
         best = models.compose(preprocessor, model)
         models.save_model_folder(best, out / "model")
-        inputs, y_test = dataset.inputs_and_target(splits["test"], schema)
-        raw = features.predict(best, inputs, params.evaluate.batch_size)
-        print(metrics.score(schema, y_test, raw))
-        (out / "export").mkdir()
-        export.write_formats(best, params.export, out / "export")
+        scores, _ = evaluate(best, schema, splits, params.evaluate, params.train.loss_weights)
+        print(scores)
+        for folder in ("prepared", "export"):
+            (out / folder).mkdir()
+        write_prepared(out / "prepared", splits, schema)
+        train_file = split_path(out / "prepared", "train")
+        export.export_model(best, schema, params, train_file, out / "export", splits["test"])
 
 
 if __name__ == "__main__":

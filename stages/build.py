@@ -16,8 +16,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from mlpipe import dataset
 from mlpipe.params import load_params
+from mlpipe.schema import read_schema, read_splits
 from mlpipe.util import files, stage
 
 log = logging.getLogger("mlpipe.build")
@@ -37,8 +37,8 @@ def main() -> None:
     runtime.seed_everything(params.seed)
 
     # Data: only the training split is seen here
-    schema = dataset.read_schema(args.prepared)
-    train = dataset.read_splits(args.prepared, ("train",))["train"]
+    schema = read_schema(args.prepared)
+    train = read_splits(args.prepared, ("train",))["train"]
 
     # Build and save
     model = models.build_model(params.model, schema, train)

@@ -15,13 +15,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from mlpipe import dataset
-from mlpipe.evaluation import baselines, metrics, plots
+from mlpipe.evaluation import metrics, plots
 from mlpipe.params import load_params
+from mlpipe.schema import read_schema, read_splits
 from mlpipe.util import files, stage
 
 log = logging.getLogger("mlpipe.evaluate")
-SPLITS = ("valid", "test")
 
 
 def main() -> None:
@@ -34,48 +33,25 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
 
-    # Data: a threshold naming no metric of this task fails before any work
-    schema = dataset.read_schema(args.prepared)
-    metrics.check_threshold_names(params.evaluate.thresholds, schema["task"])
-    splits = dataset.read_splits(args.prepared)
+    # Inputs: a threshold naming no metric of this task fails before any work
+    schema = read_schema(args.prepared)
+    metrics.check_threshold_names(params.evaluate.thresholds, schema.task)
+    splits = read_splits(args.prepared)
+    training = plots.read_training_curves(args.training) if args.training else None
 
-    from mlpipe import features
+    from mlpipe.evaluation.evaluate import evaluate
     from mlpipe.modeling import models
 
-    # Predict: raw columns in, as in serving. `raw` is the main output's predictions.
     model = models.load_model_folder(args.model)
-    y, outputs, raw = {}, {}, {}
-    for name in SPLITS:
-        inputs, y[name] = dataset.inputs_and_target(splits[name], schema)
-        outputs[name] = features.predict(model, inputs, params.evaluate.batch_size)
-        raw[name] = models.main_output(outputs[name])
 
-    # Score the model (every output, when it has several), then the baselines on the same splits
-    split_scores = {name: metrics.score(schema, y[name], raw[name]) for name in SPLITS}
-    if isinstance(outputs["test"], dict):
-        for name in SPLITS:
-            split_scores[name] |= metrics.output_scores(
-                schema, y[name], outputs[name], params.train.loss_weights
-            )
-    scores = metrics.by_split(split_scores)
-    log.info("test: %s", " ".join(f"{k}={scores[k]}" for k in metrics.metric_names(schema["task"])))
-    if params.evaluate.baselines:
-        columns = dataset.feature_names(schema)
-        results = baselines.score_baselines(
-            splits["train"][columns],
-            dataset.encode_target(splits["train"][schema["target"]], schema),
-            {name: splits[name][columns] for name in SPLITS},
-            y,
-            schema["task"],
-            len(schema["classes"] or []),
-        )
-        scores["baseline"] = {name: metrics.by_split(s) for name, s in results.items()}
+    # Score the model and the baselines on the same splits; draw the plots
+    scores, plot_files = evaluate(
+        model, schema, splits, params.evaluate, params.train.loss_weights, training
+    )
 
     # Write, then gate
-    training = plots.read_training_curves(args.training) if args.training else None
-    outputs = plots.evaluation_files(schema, y["test"], raw["test"], training)
     with files.atomic_dir(args.plots) as folder:
-        for name, content in outputs.items():
+        for name, content in plot_files.items():
             (folder / name).write_bytes(content)
     files.write_json(args.metrics, scores)
     metrics.check_gate(scores, params.evaluate.thresholds, str(args.metrics))

@@ -5,8 +5,8 @@ Reads:  <model> (model folder), <prepared>/schema.json, <prepared>/train.parquet
         source of the recorded medians and categories), <prepared>/test.parquet (a sample to
         check the ONNX file on).
 Writes: <out>/model.keras, <out>/saved_model/, <out>/model.onnx, <out>/model.h5,
-        <out>/metadata.json (feature schema, classes, how to read files, library versions,
-        git commit, params and training-data hashes).
+        <out>/metadata.json (the schema, with the training medians and categories, how to read
+        files, library versions, git commit, params and training-data hashes).
 Params: seed, data, model, train (hashed into the metadata), export.
 """
 
@@ -14,8 +14,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from mlpipe import dataset
 from mlpipe.params import load_params
+from mlpipe.schema import read_schema, read_splits, split_path
 from mlpipe.util import files, stage
 
 log = logging.getLogger("mlpipe.export")
@@ -32,16 +32,15 @@ def main() -> None:
     from mlpipe.modeling import models
     from mlpipe.serving import export
 
-    schema = dataset.read_schema(args.prepared)
+    schema = read_schema(args.prepared)
     model = models.load_model_folder(args.model)
-    info = export.metadata(schema, params, args.prepared / "train.parquet", model)
-    test = dataset.read_splits(args.prepared, ("test",))["test"]
-    sample = dataset.model_inputs(test.head(256), schema)  # to check converted formats on
+    test = read_splits(args.prepared, ("test",))["test"]
 
-    with files.atomic_dir(args.out) as tmp:
-        export.write_formats(model, params.export, tmp, sample)
-        files.write_json(tmp / export.METADATA_FILE, info)
-    log.info("exported %s to %s", ", ".join(info["formats"]), args.out)
+    with files.atomic_dir(args.out) as folder:
+        meta = export.export_model(
+            model, schema, params, split_path(args.prepared, "train"), folder, test
+        )
+    log.info("exported %s to %s", ", ".join(meta.formats), args.out)
 
 
 if __name__ == "__main__":

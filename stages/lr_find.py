@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 
 from mlpipe.params import learning_rate_record, load_params
+from mlpipe.schema import read_schema, read_splits
 from mlpipe.training import lr_find
 from mlpipe.util import files, stage
 
@@ -47,19 +48,19 @@ def main() -> None:
         result, summary = None, {"learning_rate": optimizer.learning_rate, "range_test": False}
         png = lr_find.curve_png(None, summary, note)
     else:
-        from mlpipe import dataset, features
+        from mlpipe import features
         from mlpipe.modeling import models
         from mlpipe.training import loop
         from mlpipe.util import runtime
 
         # Data: the training split, as train sees it
-        schema = dataset.read_schema(args.prepared)
-        frame = dataset.read_splits(args.prepared, ("train",))["train"]
+        schema = read_schema(args.prepared)
+        frame = read_splits(args.prepared, ("train",))["train"]
         preprocessor, model = models.split_model(models.load_model_folder(args.untrained))
         outputs = models.output_names(model)
         loop.check_loss_weights(params.train.loss_weights, outputs)
         x = features.to_numpy(features.transform(preprocessor, frame, schema))
-        y = dataset.encode_target(frame[schema["target"]], schema)
+        y = features.encode_target(frame[schema.target], schema)
         x, y = loop.label_outputs({"train": (x, y)}, outputs)["train"]
         loss, loss_weights = loop.output_losses(params.train.loss_weights, schema, outputs)
 

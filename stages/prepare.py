@@ -2,18 +2,20 @@
 
 Reads:  the dataset named by `data.source` (and `data.test_source`); optionally the metadata of
         the currently exported model, only to warn when the features changed.
-Writes: <out>/{train,valid,test}.parquet and <out>/schema.json (features and their kinds,
-        target, task, classes). Nothing is written unless every check passes.
+Writes: <out>/{train,valid,test}.parquet and <out>/schema.json (the `Schema`: features and
+        their kinds, target, task, classes, warnings). Nothing is written unless every check
+        passes.
 Params: seed, data.
 """
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
-from mlpipe import dataset
+from mlpipe import MlpipeError, dataset
 from mlpipe.params import load_params
+from mlpipe.schema import write_prepared
+from mlpipe.serving.metadata import read_metadata
 from mlpipe.util import files, stage
 
 log = logging.getLogger("mlpipe.prepare")
@@ -45,14 +47,14 @@ def main() -> None:
 
     # Check and split; then say what looks wrong without refusing it
     splits, schema = dataset.prepare(frame, default_target, params.data, params.seed, test)
-    log.info("%s: %d rows, %d features", params.data.source, len(frame), len(schema["features"]))
+    log.info("%s: %d rows, %d features", params.data.source, len(frame), len(schema.features))
     warnings = dataset.data_warnings(splits, schema)
     if args.previous and args.previous.is_file():
         try:
-            changes = dataset.schema_changes(schema, json.loads(args.previous.read_text()))
-        except (ValueError, AttributeError, TypeError):
+            changes = schema.changes_from(read_metadata(args.previous))
+        except MlpipeError as err:
             changes = []
-            log.warning("%s is unreadable; features not compared with it", args.previous)
+            log.warning("features not compared with the exported model's: %s", err)
         if changes:
             warnings.append(
                 "the data differs from what the current model was trained on: " + "; ".join(changes)
@@ -61,11 +63,10 @@ def main() -> None:
         log.warning("%s", warning)
 
     # Write everything or nothing
+    for name, part in splits.items():
+        log.info("%s: %d rows", name, len(part))
     with files.atomic_dir(args.out) as tmp:
-        for name, part in splits.items():
-            part.to_parquet(tmp / f"{name}.parquet", index=False)
-            log.info("%s: %d rows", name, len(part))
-        files.write_json(tmp / dataset.SCHEMA_FILE, {**schema, "warnings": warnings})
+        write_prepared(tmp, splits, schema.model_copy(update={"warnings": tuple(warnings)}))
 
 
 if __name__ == "__main__":

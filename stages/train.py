@@ -21,8 +21,8 @@ import os
 import shutil
 from pathlib import Path
 
-from mlpipe import dataset
 from mlpipe.params import load_params, resolve_learning_rate
+from mlpipe.schema import read_schema, read_splits
 from mlpipe.util import files, stage
 
 log = logging.getLogger("mlpipe.train")
@@ -51,7 +51,7 @@ def main() -> None:
     runtime.set_op_threads(runtime.op_threads(params.train.op_threads, params.train.batch_size))
 
     # Model, and the checks of params against it that Keras would only fail on mid-fit
-    schema = dataset.read_schema(args.prepared)
+    schema = read_schema(args.prepared)
     runtime.seed_everything(params.seed)
     preprocessor, model = models.split_model(models.load_model_folder(args.untrained))
     outputs = models.output_names(model)
@@ -60,8 +60,8 @@ def main() -> None:
     loop.check_weighting(params.train, schema, model)
 
     # Data: features computed once per split, labels fed to every output
-    splits = dataset.read_splits(args.prepared, ("train", "valid"))
-    sample_weight = dataset.sample_weights(splits["train"], schema)
+    splits = read_splits(args.prepared, ("train", "valid"))
+    sample_weight = features.sample_weights(splits["train"], schema)
     xy = features.matrices(preprocessor, splits, schema)
     del splits  # the feature tensors are all training needs from here: free the tables
     class_weight = loop.class_weights(params.train, schema, xy["train"][1])

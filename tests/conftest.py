@@ -11,6 +11,7 @@ import pytest
 
 from mlpipe import dataset
 from mlpipe.params import Params, parse_params
+from mlpipe.schema import write_prepared as write_splits_and_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,13 +42,7 @@ def run_stage(stage: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def write_prepared(out: Path, digits) -> Path:
     """Lay out `out` as the prepare stage writes it."""
-    from mlpipe.util import files
-
-    splits, schema = digits
-    out.mkdir(parents=True, exist_ok=True)
-    for name, part in splits.items():
-        part.to_parquet(out / f"{name}.parquet", index=False)
-    files.write_json(out / dataset.SCHEMA_FILE, schema)
+    write_splits_and_schema(out, *digits)
     return out
 
 

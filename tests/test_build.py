@@ -8,7 +8,9 @@ import pytest
 from mlpipe import MlpipeError, dataset, features
 from mlpipe.modeling import models
 from mlpipe.params import DataParams, ModelParams
+from mlpipe.schema import Schema
 from mlpipe.util import runtime
+from mlpipe.util.tables import DataError
 
 
 def numeric_frame(n_rows=40, n_features=5, seed=0):
@@ -19,7 +21,7 @@ def numeric_frame(n_rows=40, n_features=5, seed=0):
 def schema_for(frame, task="regression", classes=None):
     feature_cols = [c for c in frame.columns if c != "y"]
     schema = dataset.make_schema(frame, "y", "regression", DataParams(), feature_cols)
-    return {**schema, "task": task, "classes": classes}
+    return Schema(**{**schema.model_dump(), "task": task, "classes": classes})
 
 
 def mixed_frame():
@@ -58,22 +60,22 @@ def test_preprocessing_is_learned_on_the_training_split_only(digits):
     splits, schema = digits
     model = models.build_model(ModelParams(hidden_units=[8]), schema, splits["train"])
     layer = model.get_layer("preprocess").get_layer("impute_standardize")
-    x_train = splits["train"][dataset.feature_names(schema)].to_numpy(dtype=np.float64)
+    x_train = splits["train"][schema.feature_names].to_numpy(dtype=np.float64)
     np.testing.assert_allclose(layer.mean, x_train.mean(axis=0), rtol=1e-6)
     std = x_train.std(axis=0)
     np.testing.assert_allclose(layer.std, np.where(std > 0, std, 1.0), rtol=1e-6)
-    x_all = np.vstack([p[dataset.feature_names(schema)].to_numpy() for p in splits.values()])
+    x_all = np.vstack([p[schema.feature_names].to_numpy() for p in splits.values()])
     assert not np.allclose(layer.mean, x_all.mean(axis=0), rtol=1e-4)
 
 
 def test_missing_numbers_get_the_training_median_and_unseen_categories_a_bucket():
     frame = mixed_frame()
     schema = dataset.make_schema(frame, "y", "regression", DataParams(), ["size", "city", "new"])
-    assert [f["kind"] for f in schema["features"]] == ["numeric", "categorical", "numeric"]
+    assert [f.kind for f in schema.features] == ["numeric", "categorical", "numeric"]
     model = models.build_model(ModelParams(hidden_units=[4], clip_inputs=None), schema, frame)
     preprocessor, _ = models.split_model(model)
     rows = pd.DataFrame({"size": [np.nan, 4.5], "city": ["zzz", None], "new": [True, False]})
-    out = features.predict(preprocessor, dataset.model_inputs(rows, schema), 8)
+    out = features.predict(preprocessor, features.model_inputs(rows, schema), 8)
     stats = features.numeric_stats(frame, ["size", "new"])
     assert stats["median"] == [4.5, 0.5]
     # A missing size is the median: it standardizes exactly like the value 4.5.
@@ -84,6 +86,13 @@ def test_missing_numbers_get_the_training_median_and_unseen_categories_a_bucket(
     np.testing.assert_array_equal(out[0, 2:], [1, 0, 0, 0, 0])
     np.testing.assert_array_equal(out[1, 2:], [0, 0, 0, 1, 0])
     assert out.shape == (2, 2 + 5)
+
+
+def test_target_encoding_rejects_unseen_labels():
+    schema = Schema(features=(), target="y", task="classification", classes=("a", "b"))
+    assert features.encode_target(pd.Series(["b", "a"]), schema).tolist() == [1, 0]
+    with pytest.raises(DataError, match="'c'"):
+        features.encode_target(pd.Series(["a", "c"]), schema)
 
 
 def test_hidden_layers_dropout_batch_norm_and_l2():
@@ -114,7 +123,7 @@ def test_standardized_inputs_are_clipped():
     )
     preprocessor, _ = models.split_model(model)
     probe = pd.DataFrame({"f0": [0.0, 16.0, -16.0], "f1": [1.5, -40.0, 40.0]})
-    out = features.predict(preprocessor, dataset.model_inputs(probe, schema_for(frame)), 8)
+    out = features.predict(preprocessor, features.model_inputs(probe, schema_for(frame)), 8)
     np.testing.assert_allclose(out, [[0.0, 0.5], [3.0, -3.0], [-3.0, 3.0]], atol=1e-5)
 
 
@@ -146,7 +155,7 @@ def test_save_and_load_round_trip(tmp_path):
     models.save_model(model, path)
     assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]
     again = models.load_model(path)
-    inputs = dataset.model_inputs(frame, schema)
+    inputs = features.model_inputs(frame, schema)
     np.testing.assert_allclose(
         features.predict(again, inputs, 4), features.predict(model, inputs, 4), rtol=1e-6
     )

@@ -1,3 +1,4 @@
+import io
 import json
 import math
 
@@ -6,9 +7,9 @@ import pandas as pd
 import pytest
 
 from conftest import run_stage, tiny_params
-from mlpipe import dataset
 from mlpipe.evaluation import metrics
 from mlpipe.modeling import models
+from mlpipe.schema import Schema, read_schema, read_splits
 
 
 def test_classification_metrics_on_known_values():
@@ -52,7 +53,7 @@ def test_ranking_scores_leave_out_a_class_missing_from_the_split():
 
 def test_sigmoid_output_becomes_two_class_probabilities():
     raw = np.array([[0.9], [0.2], [0.6]])
-    schema = {"task": "classification", "classes": ["neg", "pos"]}
+    schema = Schema(features=(), target="y", task="classification", classes=("neg", "pos"))
     scores = metrics.score(schema, np.array([1, 0, 0]), raw)
     assert scores["accuracy"] == pytest.approx(2 / 3, abs=1e-6)
     assert scores["roc_auc"] == 1.0
@@ -66,7 +67,8 @@ def test_sigmoid_output_becomes_two_class_probabilities():
 
 
 def test_regression_metrics_on_known_values():
-    scores = metrics.score({"task": "regression"}, np.array([1.0, 2.0, 4.0]), [[1.0], [2.5], [2.0]])
+    schema = Schema(features=(), target="y", task="regression")
+    scores = metrics.score(schema, np.array([1.0, 2.0, 4.0]), [[1.0], [2.5], [2.0]])
     assert scores["rmse"] == pytest.approx(math.sqrt((0.25 + 4) / 3), abs=1e-6)
     assert scores["mae"] == pytest.approx(2.5 / 3, abs=1e-6)
     assert scores["r2"] == pytest.approx(1 - 4.25 / (14 / 3), abs=1e-6)
@@ -113,8 +115,8 @@ def test_thresholds_are_floors_or_ceilings_for_errors():
 @pytest.fixture
 def stage_dir(prepared_dir, tmp_path):
     """A folder with params.yaml, an untrained model and DVCLive curves, to run the stage in."""
-    schema = dataset.read_schema(prepared_dir)
-    train = dataset.read_splits(prepared_dir)["train"]
+    schema = read_schema(prepared_dir)
+    train = read_splits(prepared_dir)["train"]
     params = tiny_params()
     models.save_model_folder(models.build_model(params.model, schema, train), tmp_path / "m")
     for split, names in {"train": ("loss", "accuracy"), "eval": ("loss", "accuracy")}.items():
@@ -176,3 +178,20 @@ def test_stage_rejects_an_unknown_threshold_before_scoring(prepared_dir, stage_d
     assert result.returncode == 2
     assert "evaluate.thresholds: `rmse` is not a classification metric" in result.stderr
     assert not (stage_dir / "evaluate.json").exists()
+
+
+def test_evaluate_scores_the_predictions_of_raw_rows(digits):
+    from mlpipe import features
+    from mlpipe.evaluation.evaluate import evaluate
+
+    splits, schema = digits
+    params = tiny_params(evaluate={"baselines": False})
+    model = models.build_model(params.model, schema, splits["train"])
+    scores, files = evaluate(model, schema, splits, params.evaluate)
+    for split, got in (("test", scores), ("valid", scores["valid"])):
+        inputs, y = features.inputs_and_target(splits[split], schema)
+        predicted = features.predict(model, inputs, 64).argmax(axis=1)
+        assert got["accuracy"] == pytest.approx(np.mean(predicted == y), abs=1e-6)
+    assert "baseline" not in scores and "outputs" not in scores
+    confusion = pd.read_csv(io.BytesIO(files["confusion.csv"]))
+    assert len(confusion) == len(splits["test"]) and "training.png" not in files

@@ -7,31 +7,31 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_params
-from mlpipe import dataset, features
+from mlpipe import features
 from mlpipe.modeling import models
+from mlpipe.schema import read_schema, read_splits, split_path
 from mlpipe.serving import export
+from mlpipe.serving.metadata import METADATA_FILE, read_metadata
 from mlpipe.util import files
 
 
 @pytest.fixture
 def exported(prepared_dir, tmp_path):
     params = tiny_params(export={"onnx": True, "h5": True})
-    schema = dataset.read_schema(prepared_dir)
-    train = dataset.read_splits(prepared_dir)["train"]
-    inputs = dataset.model_inputs(train.head(64), schema)
-    model = models.build_model(params.model, schema, train)
+    schema = read_schema(prepared_dir)
+    splits = read_splits(prepared_dir)
+    model = models.build_model(params.model, schema, splits["train"])
     out = tmp_path / "export"
-    with files.atomic_dir(out) as tmp:
-        export.write_formats(model, params.export, tmp, inputs)
-        files.write_json(
-            tmp / export.METADATA_FILE,
-            export.metadata(schema, params, prepared_dir / "train.parquet", model),
+    with files.atomic_dir(out) as folder:
+        meta = export.export_model(
+            model, schema, params, split_path(prepared_dir, "train"), folder, splits["test"]
         )
-    return model, out, schema, inputs
+    inputs = features.model_inputs(splits["train"].head(64), schema)
+    return model, out, schema, inputs, meta
 
 
 def test_every_format_predicts_like_the_model_in_memory(exported):
-    model, out, _, inputs = exported
+    model, out, _, inputs, _ = exported
     expected = features.predict(model, inputs, 32)
     reloaded = models.load_model(out / export.KERAS_FILE)
     np.testing.assert_allclose(
@@ -54,26 +54,35 @@ def test_every_format_predicts_like_the_model_in_memory(exported):
     ]
 
 
-def test_metadata_records_provenance(exported, prepared_dir):
-    _, out, schema, _ = exported
-    meta = json.loads((out / export.METADATA_FILE).read_text())
-    assert [f["name"] for f in meta["features"]] == dataset.feature_names(schema)
-    assert {f["kind"] for f in meta["features"]} == {"numeric"}
-    train = dataset.read_splits(prepared_dir)["train"]
-    assert meta["features"][10]["median"] == train[dataset.feature_names(schema)[10]].median()
-    assert meta["classes"] == list(range(10))
-    assert meta["task"] == "classification"
-    assert {"tensorflow", "keras", "python", "mlpipe"} <= set(meta["versions"])
+def test_metadata_extends_the_schema_and_records_provenance(exported, prepared_dir):
+    _, out, schema, _, written = exported
+    meta = read_metadata(out / METADATA_FILE)
+    assert meta == written
+    # Every field of the schema, the features with what training learned of them
+    bare = meta.model_dump(include=set(type(schema).model_fields) - {"features"})
+    assert bare == schema.model_dump(exclude={"features"})
+    assert [f.model_dump(exclude={"median", "categories"}) for f in meta.features] == [
+        f.model_dump() for f in schema.features
+    ]
+    train = read_splits(prepared_dir)["train"]
+    assert meta.features[10].median == train[schema.feature_names[10]].median()
+    assert meta.classes == tuple(range(10)) and meta.task == "classification"
+    assert meta.formats == ("keras", "saved_model", "onnx", "h5")
+    assert {"tensorflow", "keras", "python", "mlpipe"} <= set(meta.versions)
     train_bytes = (prepared_dir / "train.parquet").read_bytes()
-    assert meta["train_data_sha256"] == hashlib.sha256(train_bytes).hexdigest()
-    assert len(meta["params_sha256"]) == 64
-    assert meta["git_commit"] is None or len(meta["git_commit"].removesuffix("-dirty")) == 40
+    assert meta.train_data_sha256 == hashlib.sha256(train_bytes).hexdigest()
+    assert len(meta.params_sha256) == 64
+    assert meta.git_commit is None or len(meta.git_commit.removesuffix("-dirty")) == 40
+    raw = json.loads((out / METADATA_FILE).read_text())
+    assert raw["features"][10]["median"] == meta.features[10].median
+    assert "categories" not in raw["features"][10]
+    assert raw["csv"] == {"na_values": list(meta.csv.na_values), "sep": None}
 
 
 def test_formats_param_limits_what_is_written(prepared_dir, tmp_path):
     params = tiny_params(export={"formats": ["keras"]})
-    schema = dataset.read_schema(prepared_dir)
-    model = models.build_model(params.model, schema, dataset.read_splits(prepared_dir)["train"])
+    schema = read_schema(prepared_dir)
+    model = models.build_model(params.model, schema, read_splits(prepared_dir)["train"])
     (tmp_path / "out").mkdir()
     export.write_formats(model, params.export, tmp_path / "out")
     assert [p.name for p in (tmp_path / "out").iterdir()] == [export.KERAS_FILE]

@@ -15,6 +15,7 @@ from conftest import ROOT, run_stage, tiny_params, write_prepared
 from mlpipe import MlpipeError, dataset, features
 from mlpipe.modeling import models, networks
 from mlpipe.params import ParamsError, learning_rate_record, parse_params
+from mlpipe.schema import Schema, read_schema, read_splits
 from mlpipe.serving import export, predict
 from mlpipe.training import loop, lr_find
 from mlpipe.util import runtime
@@ -83,13 +84,13 @@ def train_two_epochs(splits, schema, params, folder):
     # Keras logs every value train.monitor may name, under the names it accepts.
     assert set(loop.monitor_choices(schema, outputs)) <= set(core.history.history)
     core.load_weights(dirs.checkpoint)
-    return models.compose(preprocessor, core), dataset.model_inputs(splits["test"], schema)
+    return models.compose(preprocessor, core), features.model_inputs(splits["test"], schema)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_each_api_trains_saves_reloads_and_predicts_identically(case, housing, digits, tmp_path):
-    dataset, model_params, train_params = CASES[case]
-    splits, schema = housing if dataset == "housing" else digits
+    data, model_params, train_params = CASES[case]
+    splits, schema = housing if data == "housing" else digits
     params = case_params(model_params, train_params)
     model, inputs = train_two_epochs(splits, schema, params, tmp_path)
     expected = features.predict(model, inputs, 64)
@@ -138,7 +139,7 @@ def test_each_api_trains_saves_reloads_and_predicts_identically(case, housing, d
     model, meta = predict.load(out)
     assert predict.predict_file(model, meta, tmp_path / "rows.csv", tmp_path / "p.csv") == len(main)
     predicted = pd.read_csv(tmp_path / "p.csv")["prediction"]
-    if schema["task"] == "regression":
+    if schema.task == "regression":
         np.testing.assert_allclose(predicted, main[:, 0], rtol=1e-5, atol=1e-5)
     else:
         assert (predicted == main.argmax(axis=1)).all()
@@ -152,7 +153,7 @@ def test_range_test_runs_on_two_outputs(housing):
     )
     outputs = models.output_names(core)
     x = features.to_numpy(features.transform(preprocessor, splits["train"], schema))
-    y = dataset.encode_target(splits["train"][schema["target"]], schema)
+    y = features.encode_target(splits["train"][schema.target], schema)
     x, y = loop.label_outputs({"train": (x, y)}, outputs)["train"]
     loss, loss_weights = loop.output_losses({"main": 0.9, "aux": 0.1}, schema, outputs)
     assert loss == {"main": "mse", "aux": "mse"} and loss_weights == {"main": 0.9, "aux": 0.1}
@@ -248,7 +249,7 @@ def test_evaluation_lists_every_output(housing, tmp_path):
         assert split["loss"] == pytest.approx(0.9 * main["loss"] + 0.1 * aux["loss"], abs=1e-5)
     assert main["rmse"] != aux["rmse"]
     rows = pd.read_csv(tmp_path / "plots" / "residuals.csv")
-    raw = features.predict(model, dataset.model_inputs(splits["test"], schema), 64)
+    raw = features.predict(model, features.model_inputs(splits["test"], schema), 64)
     np.testing.assert_allclose(rows["predicted"], raw["main"][:, 0], atol=1e-5)
 
 
@@ -267,7 +268,7 @@ def test_columns_of_the_paths_are_checked_against_the_data(housing):
     def paths(**model):
         return models.feature_paths(case_params({"api": "functional", **model}, {}).model, schema)
 
-    assert paths()["wide"] == paths()["deep"] == dataset.feature_names(schema)
+    assert paths()["wide"] == paths()["deep"] == schema.feature_names
     with pytest.raises(MlpipeError, match=r"model\.wide_columns: `income` is not a feature"):
         paths(wide_columns=["median_income", "income"])
     with pytest.raises(MlpipeError, match=r"model\.deep_columns: `median_house_value`"):
@@ -275,12 +276,12 @@ def test_columns_of_the_paths_are_checked_against_the_data(housing):
     with pytest.raises(MlpipeError, match=r"\['population'\] are on neither path"):
         paths(
             wide_columns=["median_income"],
-            deep_columns=[n for n in dataset.feature_names(schema) if n != "population"],
+            deep_columns=[n for n in schema.feature_names if n != "population"],
         )
 
 
 def test_loss_weights_and_monitor_must_name_outputs_the_model_has():
-    regression = {"task": "regression", "classes": None}
+    regression = Schema(features=(), target="y", task="regression")
     with pytest.raises(MlpipeError, match=r"train\.loss_weights: `aux2` is not an output"):
         loop.check_loss_weights({"main": 1.0, "aux2": 0.5}, ["main", "aux"])
     with pytest.raises(MlpipeError, match=r"model\.aux_output: true adds `aux`"):
@@ -347,8 +348,8 @@ def test_class_weight_with_several_outputs_fails_before_training(prepared_dir, t
         train={"class_weight": "balanced"},
     )
     (tmp_path / "params.yaml").write_text(json.dumps(params.model_dump(mode="json")))
-    schema = dataset.read_schema(prepared_dir)
-    train = dataset.read_splits(prepared_dir)["train"]
+    schema = read_schema(prepared_dir)
+    train = read_splits(prepared_dir)["train"]
     models.save_model_folder(
         models.build_model(params.model, schema, train), tmp_path / "untrained"
     )

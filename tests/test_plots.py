@@ -16,10 +16,13 @@ import yaml
 
 from conftest import ROOT
 from mlpipe.evaluation import plots
+from mlpipe.schema import Schema
 from mlpipe.training import lr_find
 
-CLASSIFICATION = {"task": "classification", "classes": ["cat", "dog", "fox"]}
-REGRESSION = {"task": "regression", "classes": None}
+CLASSIFICATION = Schema(
+    features=(), target="y", task="classification", classes=("cat", "dog", "fox")
+)
+REGRESSION = Schema(features=(), target="y", task="regression")
 
 
 def three_classes(n: int = 90, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -30,10 +33,10 @@ def three_classes(n: int = 90, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return y, proba / proba.sum(axis=1, keepdims=True)
 
 
-def task_data(schema: dict) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def task_data(schema: Schema) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """(target, raw model outputs, the data files that should have rows) for the task."""
     y, proba = three_classes()
-    if schema["task"] == "classification":
+    if schema.task == "classification":
         return y, proba, plots.CLASSIFICATION_DATA
     return y * 1.0, proba[:, :1] * 2, plots.REGRESSION_DATA
 
@@ -88,7 +91,7 @@ def test_every_task_writes_every_data_file(schema):
         assert list(frame.columns) == columns
         assert (len(frame) > 0) == (name in own), name
     pngs = {name for name in files if name.endswith(".png")}
-    if schema["task"] == "classification":
+    if schema.task == "classification":
         assert pngs == {"confusion.png", "roc.png", "precision_recall.png", "calibration.png"}
     else:
         assert pngs == {"predicted_vs_actual.png", "residuals.png"}
@@ -155,7 +158,7 @@ def test_dvc_yaml_declares_only_files_every_task_writes():
 TRAINING_CHARTS = 3  # loss (train and eval together), learning rate, overfit ratio
 
 
-def plots_repo(tmp_path: Path, schema: dict) -> Path:
+def plots_repo(tmp_path: Path, schema: Schema) -> Path:
     """A repo with this checkout's dvc.yaml, DVC config and page template, and plot files of
     the task laid out as the pipeline writes them."""
     repo = tmp_path / "repo"
@@ -171,9 +174,7 @@ def plots_repo(tmp_path: Path, schema: dict) -> Path:
     (repo / "plots" / "lr_find.csv").write_text(lr_find.curve_csv(None))
     (repo / "plots" / "lr_find.png").write_bytes(lr_find.curve_png(None, {}, "skipped"))
     # What Keras logs per epoch for each task
-    metrics = (
-        ("loss", "accuracy") if schema["task"] == "classification" else ("loss", "rmse", "mae")
-    )
+    metrics = ("loss", "accuracy") if schema.task == "classification" else ("loss", "rmse", "mae")
     write_dvclive(repo / "plots" / "training", metrics)
     y, raw, _ = task_data(schema)
     (repo / "plots" / "evaluate").mkdir()

@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 
 from conftest import run_stage, stage_env
-from mlpipe import MlpipeError, dataset, features
+from mlpipe import MlpipeError, features
 from mlpipe.modeling import models
+from mlpipe.schema import read_schema
 from mlpipe.serving import export, predict
+from mlpipe.serving.metadata import ExportMetadata
 from mlpipe.util.tables import DataError
 
 STAGES = [
@@ -76,15 +78,15 @@ def mlpipe(*args, cwd) -> subprocess.CompletedProcess:
 
 
 def test_mixed_csv_trains_and_the_schema_records_what_was_learned(project):
-    schema = dataset.read_schema(project / "prepared")
-    kinds = {f["name"]: f["kind"] for f in schema["features"]}
+    schema = read_schema(project / "prepared")
+    kinds = {f.name: f.kind for f in schema.features}
     assert kinds == {
         "age": "numeric",
         "monthly_fee": "numeric",
         "city": "categorical",
         "plan": "categorical",
     }
-    assert schema["task"] == "classification" and schema["classes"] == [False, True]
+    assert schema.task == "classification" and schema.classes == (False, True)
     scores = json.loads((project / "evaluate.json").read_text())
     assert scores["accuracy"] >= 0.8
     meta = json.loads((project / "export" / "metadata.json").read_text())
@@ -111,7 +113,7 @@ def test_predict_on_the_test_rows_equals_the_evaluate_stage(project):
     assert out["prediction"].tolist() == evaluated["predicted"].tolist()
     model = models.load_model_folder(project / "model")
     proba = features.predict(
-        model, dataset.model_inputs(test, dataset.read_schema(project / "prepared")), 64
+        model, features.model_inputs(test, read_schema(project / "prepared")), 64
     )
     np.testing.assert_allclose(out["proba_True"], proba[:, 0], atol=1e-6)
 
@@ -127,6 +129,7 @@ def test_chunks_give_the_same_predictions_and_unseen_values_still_predict(projec
     )
     rows.to_parquet(tmp_path / "new.parquet")
     model, meta = predict.load(project / "export")
+    assert isinstance(meta, ExportMetadata)
     whole = predict.predict_file(model, meta, tmp_path / "new.parquet", tmp_path / "a.csv")
     chunked = predict.predict_file(
         model, meta, tmp_path / "new.parquet", tmp_path / "b.csv", chunk_rows=2, batch_size=1
@@ -156,11 +159,18 @@ def test_input_problems_name_the_column_and_row_and_write_nothing(project, tmp_p
 
 def test_a_bare_keras_file_predicts_with_features_read_off_the_model(project, tmp_path):
     (tmp_path / "model.keras").write_bytes((project / "model" / "model.keras").read_bytes())
-    model, meta = predict.load(tmp_path / "model.keras")
-    assert [f["name"] for f in meta["features"]] == ["age", "monthly_fee", "city", "plan"]
-    assert meta["classes"] == [0, 1]
+    model, schema = predict.load(tmp_path / "model.keras")
+    assert schema.feature_names == ["age", "monthly_fee", "city", "plan"]
+    assert [f.kind for f in schema.features] == ["numeric", "numeric", "categorical", "categorical"]
+    assert schema.classes == (0, 1)
     pd.read_parquet(project / "prepared" / "test.parquet").to_csv(tmp_path / "t.csv", index=False)
-    assert predict.predict_file(model, meta, tmp_path / "t.csv", tmp_path / "o.csv") > 0
+    assert predict.predict_file(model, schema, tmp_path / "t.csv", tmp_path / "o.csv") > 0
+    # Beside metadata.json of another format, the model is refused rather than guessed at
+    (tmp_path / "metadata.json").write_text(json.dumps({"features": ["age"], "target": "churn"}))
+    with pytest.raises(
+        MlpipeError, match=r"metadata\.json: unreadable by this version of mlpipe \(features\.0"
+    ):
+        predict.load(tmp_path / "model.keras")
 
 
 def test_unsafe_or_foreign_models_are_refused(tmp_path):
@@ -180,7 +190,7 @@ def test_unsafe_or_foreign_models_are_refused(tmp_path):
 
 def test_exported_onnx_takes_raw_rows_too(project):
     test = pd.read_parquet(project / "prepared" / "test.parquet")
-    inputs = dataset.model_inputs(test, dataset.read_schema(project / "prepared"))
+    inputs = features.model_inputs(test, read_schema(project / "prepared"))
     model = models.load_model(project / "export" / "model.keras")
     got = export.onnx_predict(project / "export" / export.ONNX_FILE, inputs)
     np.testing.assert_allclose(got, features.predict(model, inputs, 64), atol=1e-5)

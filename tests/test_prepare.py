@@ -12,6 +12,8 @@ import pytest
 from conftest import ROOT, run_stage
 from mlpipe import dataset
 from mlpipe.params import CsvParams, DataParams
+from mlpipe.schema import Schema, read_schema, read_splits, write_prepared
+from mlpipe.serving.metadata import ExportMetadata, LearnedFeature
 from mlpipe.util.tables import read_table, to_numeric
 
 
@@ -69,11 +71,11 @@ def test_infer_task(values, task):
 
 def test_digits_schema(digits):
     splits, schema = digits
-    names = dataset.feature_names(schema)
+    names = schema.feature_names
     assert names[:2] == ["pixel_0_0", "pixel_0_1"] and len(names) == 64
-    assert schema["target"] == "target"
-    assert schema["task"] == "classification"
-    assert schema["classes"] == list(range(10))
+    assert schema.target == "target"
+    assert schema.task == "classification"
+    assert schema.classes == tuple(range(10))
     assert sum(len(part) for part in splits.values()) == 1797
 
 
@@ -102,13 +104,6 @@ def test_regression_on_text_target_is_refused():
 def test_unknown_dataset_lists_choices():
     with pytest.raises(dataset.DataError, match="sklearn:digits"):
         dataset.load_source(DataParams.model_construct(source="sklearn:mnist"))
-
-
-def test_target_encoding_rejects_unseen_labels():
-    schema = {"task": "classification", "classes": ["a", "b"], "target": "y"}
-    assert dataset.encode_target(pd.Series(["b", "a"]), schema).tolist() == [1, 0]
-    with pytest.raises(dataset.DataError, match="'c'"):
-        dataset.encode_target(pd.Series(["a", "c"]), schema)
 
 
 def test_stage_writes_splits_and_schema_without_importing_tensorflow(tmp_path):
@@ -186,18 +181,54 @@ def test_file_source_is_described_with_kinds_and_roles(tmp_path):
     params = DataParams(source=str(path), target="label", id_column="id", categorical=["flag"])
     frame, default_target = dataset.load_source(params)
     splits, schema = dataset.prepare(frame, default_target, params, seed=0)
-    kinds = {f["name"]: f["kind"] for f in schema["features"]}
+    kinds = {f.name: f.kind for f in schema.features}
     assert kinds == {"size": "numeric", "colour": "categorical", "flag": "categorical"}
-    assert schema["task"] == "classification" and schema["classes"] == [False, True]
-    assert schema["id_column"] == "id"
+    assert schema.task == "classification" and schema.classes == (False, True)
+    assert schema.id_column == "id"
     assert sum(map(len, splits.values())) == 60
+
+
+def test_schema_file_keeps_its_layout_and_reads_back_equal(tmp_path):
+    path = tmp_path / "mixed.csv"
+    path.write_text(mixed_csv())
+    params = DataParams(source=str(path), target="label", id_column="id", categorical=["flag"])
+    splits, schema = dataset.prepare(*dataset.load_source(params), params, seed=0)
+    write_prepared(tmp_path / "out", splits, schema)
+    feature = {"name": "size", "input": "size", "kind": "numeric", "dtype": "float64"}
+    expected = {
+        "classes": [False, True],
+        "features": [
+            feature,
+            {**feature, "name": "colour", "input": "colour", "kind": "categorical", "dtype": "str"},
+            {**feature, "name": "flag", "input": "flag", "kind": "categorical", "dtype": "bool"},
+        ],
+        "id_column": "id",
+        "target": "label",
+        "target_scale": None,
+        "task": "classification",
+        "warnings": [],
+        "weight_column": None,
+    }
+    written = (tmp_path / "out" / "schema.json").read_bytes()
+    assert written == (json.dumps(expected, indent=2, sort_keys=True) + "\n").encode()
+    assert read_schema(tmp_path / "out") == schema
+    assert read_splits(tmp_path / "out")["test"].equals(splits["test"])
+
+
+@pytest.mark.parametrize("classes", [(False, True), (0, 1, 2), ("0", "1"), (0.5, 1.5)])
+def test_class_labels_keep_their_type(tmp_path, classes):
+    schema = Schema(features=(), target="y", task="classification", classes=classes)
+    write_prepared(tmp_path, {}, schema)
+    again = read_schema(tmp_path)
+    assert again.classes == classes
+    assert [type(c) for c in again.classes] == [type(c) for c in classes]
 
 
 def test_target_scale_divides_a_regression_target_and_is_recorded(tmp_path):
     frame = pd.DataFrame({"x": np.arange(50.0), "price": np.arange(50.0) * 100_000 + 50_000})
     params = DataParams(target="price", target_scale=100_000)
     splits, schema = dataset.prepare(frame, None, params, seed=0)
-    assert schema["target_scale"] == 100_000 and schema["task"] == "regression"
+    assert schema.target_scale == 100_000 and schema.task == "regression"
     for part in splits.values():
         np.testing.assert_allclose(part["price"], part["x"] + 0.5)
     test = frame.head(5)  # a separate test file is divided too
@@ -292,6 +323,25 @@ def test_bad_file_fails_naming_the_problem_and_keeps_previous_outputs(tmp_path, 
     ]
 
 
+def exported_metadata(kinds: dict[str, str], target: str) -> str:
+    """metadata.json as the export stage writes it, for a model trained on features `kinds`."""
+    return ExportMetadata(
+        features=tuple(LearnedFeature(name=n, input=n, kind=k) for n, k in kinds.items()),
+        target=target,
+        task="classification",
+        classes=(0, 1),
+        api="sequential",
+        outputs=("output",),
+        csv=CsvParams(),
+        formats=("keras",),
+        versions={},
+        git_commit=None,
+        params_sha256="0" * 64,
+        params_sections=("data",),
+        train_data_sha256="0" * 64,
+    ).model_dump_json()
+
+
 def test_suspicious_data_is_warned_about_not_refused(tmp_path):
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(
@@ -306,7 +356,8 @@ def test_suspicious_data_is_warned_about_not_refused(tmp_path):
     frame.loc[50:, "x"] = frame.loc[:49, "x"].to_numpy()  # rows 50.. repeat rows 0..49
     frame.loc[50:, "dup"] = frame.loc[:49, "dup"].to_numpy()
     frame.to_csv(tmp_path / "d.csv", index=False)
-    (tmp_path / "meta.json").write_text(json.dumps({"features": ["x", "gone"], "target": "y"}))
+    kinds = {"x": "categorical", "dup": "numeric", "gone": "numeric"}
+    (tmp_path / "meta.json").write_text(exported_metadata(kinds, "z"))
     write_params(tmp_path, source="d.csv", target="y")
     result = run_stage("prepare", "out", "--previous", "meta.json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -314,6 +365,15 @@ def test_suspicious_data_is_warned_about_not_refused(tmp_path):
     assert "test rows also appear, identical, in the training split" in result.stderr
     assert "feature `copy` is identical to the target: a leak" in result.stderr
     assert "features no longer present ['gone']" in result.stderr
-    assert "new features ['copy', 'dup', 'same']" in result.stderr
-    schema = dataset.read_schema(tmp_path / "out")
-    assert len(schema["warnings"]) == 4
+    assert "new features ['copy', 'same']" in result.stderr
+    assert "features whose kind changed ['x']" in result.stderr
+    assert "target `z` is now `y`" in result.stderr
+    schema = read_schema(tmp_path / "out")
+    assert len(schema.warnings) == 4
+
+    # Metadata this version cannot read is reported, and the features are not compared
+    (tmp_path / "meta.json").write_text(json.dumps({"features": ["x", "gone"], "target": "y"}))
+    result = run_stage("prepare", "out", "--previous", "meta.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "features not compared with the exported model's: meta.json: unreadable" in result.stderr
+    assert len(read_schema(tmp_path / "out").warnings) == 3

@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, stage_env, tiny_params, write_prepared
-from mlpipe import dataset
 from mlpipe.modeling import models
 from mlpipe.params import learning_rate_record
+from mlpipe.schema import read_schema, read_splits
 from mlpipe.util import runtime
 
 EPOCHS = 40  # long enough that the run is still going when the signal arrives
@@ -34,8 +34,8 @@ def setup_run(folder, prepared_dir, **train):
     (folder / "params.yaml").write_text(json.dumps(params.model_dump(mode="json")))
     record = learning_rate_record(params.train.optimizer, None)
     (folder / "learning_rate.json").write_text(json.dumps(record))
-    schema = dataset.read_schema(prepared_dir)
-    train = dataset.read_splits(prepared_dir)["train"]
+    schema = read_schema(prepared_dir)
+    train = read_splits(prepared_dir)["train"]
     runtime.seed_everything(params.seed)  # both runs of a comparison start from the same model
     model = models.build_model(params.model, schema, train)
     models.save_model_folder(model, folder / "untrained")

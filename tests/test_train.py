@@ -6,9 +6,10 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_stage, tiny_params
-from mlpipe import MlpipeError, dataset, features
+from mlpipe import MlpipeError, features
 from mlpipe.modeling import models
 from mlpipe.params import learning_rate_record
+from mlpipe.schema import Schema, read_schema, read_splits
 from mlpipe.training import callbacks, loop
 from mlpipe.util import runtime
 
@@ -81,25 +82,24 @@ def test_each_optimizer_gets_its_own_settings():
 
 
 def test_monitor_must_exist_for_the_task():
-    regression = {"task": "regression", "classes": None}
+    regression = Schema(features=(), target="y", task="regression")
     with pytest.raises(MlpipeError, match="val_rmse"):
         loop.check_monitor(tiny_params(train={"monitor": "val_accuracy"}).train, regression)
     loop.check_monitor(tiny_params(train={"monitor": "val_mae"}).train, regression)
 
 
 def test_binary_and_regression_losses():
-    assert loop.loss_and_metrics({"task": "classification", "classes": [0, 1]})[0] == (
-        "binary_crossentropy"
-    )
-    loss, metrics = loop.loss_and_metrics({"task": "regression", "classes": None})
+    binary = Schema(features=(), target="y", task="classification", classes=(0, 1))
+    assert loop.loss_and_metrics(binary)[0] == "binary_crossentropy"
+    loss, metrics = loop.loss_and_metrics(Schema(features=(), target="y", task="regression"))
     assert loss == "mse" and [m.name for m in metrics] == ["rmse", "mae"]
 
 
 def test_stage_replaces_model_only_when_training_succeeds(prepared_dir, tmp_path):
     (tmp_path / "params.yaml").write_text(json.dumps({**tiny_params().model_dump(mode="json")}))
     untrained = tmp_path / "untrained"
-    schema = dataset.read_schema(prepared_dir)
-    train = dataset.read_splits(prepared_dir)["train"]
+    schema = read_schema(prepared_dir)
+    train = read_splits(prepared_dir)["train"]
     models.save_model_folder(models.build_model(tiny_params().model, schema, train), untrained)
     args = [str(prepared_dir), str(untrained), "model", "train.json"]
     args += ["--dvclive", "live", "--tensorboard", "tb", "--learning-rate", "rate.json"]

@@ -9,11 +9,13 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from conftest import ROOT, run_stage, tiny_params
 from mlpipe import MlpipeError, dataset
+from mlpipe.features import sample_weights
 from mlpipe.modeling import models
 from mlpipe.params import DataParams
+from mlpipe.schema import Feature, Schema, read_schema
 from mlpipe.training import loop
 
-CLASSES = {"task": "classification", "classes": ["cat", "dog", "emu"], "target": "animal"}
+CLASSES = Schema(features=(), task="classification", classes=("cat", "dog", "emu"), target="animal")
 
 
 def weights_for(setting, y, schema=CLASSES):
@@ -29,7 +31,7 @@ def test_balanced_matches_scikit_learn():
 
 def test_mapping_names_classes_by_label_and_defaults_to_one():
     assert weights_for({"emu": 5, "cat": 0.5}, np.array([0, 1, 2])) == {0: 0.5, 1: 1.0, 2: 5.0}
-    digits = {"task": "classification", "classes": [0, 1], "target": "y"}
+    digits = Schema(features=(), task="classification", classes=(0, 1), target="y")
     assert weights_for({1: 3, "0": 2}, np.array([0, 1]), digits) == {0: 2.0, 1: 3.0}
     assert weights_for(None, np.array([0, 1])) is None
 
@@ -38,14 +40,14 @@ def test_unknown_label_and_regression_are_refused():
     with pytest.raises(MlpipeError, match=r"\['cow'\] are not classes of `animal`"):
         weights_for({"cow": 2}, np.array([0, 1, 2]))
     with pytest.raises(MlpipeError, match="classification"):
-        weights_for("balanced", np.array([0.5]), {"task": "regression", "classes": None})
+        weights_for("balanced", np.array([0.5]), Schema(features=(), task="regression", target="y"))
 
 
 def test_class_weight_with_sample_weights_or_several_outputs_is_refused_before_training():
     train = tiny_params(train={"class_weight": "balanced"}).train
     frame = pd.DataFrame(np.zeros((4, 3)), columns=list("abc"))
-    features = [{"name": n, "input": n, "kind": "numeric"} for n in "abc"]
-    schema = {**CLASSES, "features": features, "weight_column": "w"}
+    features = tuple(Feature(name=n, input=n, kind="numeric") for n in "abc")
+    schema = CLASSES.model_copy(update={"features": features, "weight_column": "w"})
     model = models.build_model(tiny_params().model, schema, frame)
     with pytest.raises(MlpipeError, match="Multiply each row's weight by its class's weight"):
         loop.check_weighting(train, schema, model)
@@ -56,7 +58,7 @@ def test_class_weight_with_sample_weights_or_several_outputs_is_refused_before_t
         inputs, [keras.layers.Dense(1)(inputs), keras.layers.Dense(1)(inputs)]
     )
     with pytest.raises(MlpipeError, match="several outputs"):
-        loop.check_weighting(train, {**schema, "weight_column": None}, two_outputs)
+        loop.check_weighting(train, schema.model_copy(update={"weight_column": None}), two_outputs)
     loop.check_weighting(tiny_params().train, schema, two_outputs)
 
 
@@ -66,8 +68,8 @@ def test_weight_column_is_checked_and_never_a_feature():
     dataset.check_weight_column(frame, params, "y")
     features = dataset.feature_columns(frame, params, "y")
     schema = dataset.make_schema(frame, "y", "classification", params, features)
-    assert dataset.feature_names(schema) == ["x"]
-    np.testing.assert_array_equal(dataset.sample_weights(frame, schema), [1.0, 0.5, 2.0])
+    assert schema.feature_names == ["x"]
+    np.testing.assert_array_equal(sample_weights(frame, schema), [1.0, 0.5, 2.0])
     with pytest.raises(dataset.DataError, match=r"row 2 holds -1\.0"):
         dataset.check_weight_column(frame.assign(w=[1.0, -1.0, 1.0]), params, "y")
     with pytest.raises(dataset.DataError, match="must be numeric"):
@@ -79,9 +81,9 @@ def test_weight_column_is_checked_and_never_a_feature():
 def test_prepare_stage_leaves_the_weight_column_out_of_the_features(tmp_path):
     (tmp_path / "params.yaml").write_text("data:\n  weight_column: pixel_0_1\n")
     assert run_stage("prepare", "out", cwd=tmp_path).returncode == 0
-    schema = dataset.read_schema(tmp_path / "out")
-    assert schema["weight_column"] == "pixel_0_1"
-    assert "pixel_0_1" not in dataset.feature_names(schema) and len(schema["features"]) == 63
+    schema = read_schema(tmp_path / "out")
+    assert schema.weight_column == "pixel_0_1"
+    assert "pixel_0_1" not in schema.feature_names and len(schema.features) == 63
 
 
 def test_balanced_class_weight_raises_minority_recall():

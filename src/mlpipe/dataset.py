@@ -1,12 +1,11 @@
-"""Loading, checking, splitting and describing tabular data. Imports no TensorFlow."""
+"""The prepare stage's work: load the data, check it, split it and describe it in a `Schema`.
+Imports no TensorFlow."""
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,13 +13,11 @@ from sklearn import datasets
 from sklearn.model_selection import train_test_split
 
 from mlpipe.params import DataParams
+from mlpipe.schema import SPLITS, Feature, Schema
 from mlpipe.util.files import plain
-from mlpipe.util.paths import SCHEMA_FILE
-from mlpipe.util.tables import DataError, read_table, to_categories, to_numeric
+from mlpipe.util.tables import DataError, read_table, to_numeric
 
 log = logging.getLogger("mlpipe.data")
-
-SPLITS = ("train", "valid", "test")
 
 # Datasets that ship inside scikit-learn, so they load without a network.
 SKLEARN_LOADERS: dict[str, Callable] = {
@@ -59,10 +56,10 @@ def load_test_source(data: DataParams) -> pd.DataFrame | None:
     return None if data.test_source is None else read_table(data.test_source, data.csv)
 
 
-def align_test(test: pd.DataFrame, frame: pd.DataFrame, schema: dict, data: DataParams):
+def align_test(test: pd.DataFrame, frame: pd.DataFrame, schema: Schema, data: DataParams):
     """The test file's columns in the source's order; features, target and weights required."""
-    needed = [*feature_names(schema), schema["target"]]
-    needed += [schema["weight_column"]] if schema.get("weight_column") else []
+    needed = [*schema.feature_names, schema.target]
+    needed += [schema.weight_column] if schema.weight_column else []
     missing = [c for c in needed if c not in test.columns]
     if missing:
         raise DataError(
@@ -228,29 +225,29 @@ def input_names(names: list[str]) -> list[str]:
 
 def make_schema(
     frame: pd.DataFrame, target: str, task: str, data: DataParams, features: list[str]
-) -> dict:
+) -> Schema:
     """Describe features, target and classes: everything later stages need besides the rows."""
     names = input_names(features)
-    schema = {
-        "features": [
-            {
-                "name": str(col),
-                "input": name,
-                "kind": feature_kind(frame[col], data),
-                "dtype": str(frame[col].dtype),
-            }
-            for col, name in zip(features, names, strict=True)
-        ],
-        "target": target,
-        "task": task,
-        "classes": None,
-        "id_column": data.id_column,
-        "weight_column": data.weight_column,
-        "target_scale": data.target_scale,
-    }
+    classes = None
     if task == "classification":
-        schema["classes"] = [plain(v) for v in sorted(frame[target].unique())]
-    return schema
+        classes = tuple(plain(v) for v in sorted(frame[target].unique()))
+    return Schema(
+        features=tuple(
+            Feature(
+                name=str(col),
+                input=name,
+                kind=feature_kind(frame[col], data),
+                dtype=str(frame[col].dtype),
+            )
+            for col, name in zip(features, names, strict=True)
+        ),
+        target=target,
+        task=task,
+        classes=classes,
+        id_column=data.id_column,
+        weight_column=data.weight_column,
+        target_scale=data.target_scale,
+    )
 
 
 # Split
@@ -318,7 +315,7 @@ def prepare(
     data: DataParams,
     seed: int,
     test: pd.DataFrame | None = None,
-) -> tuple[dict[str, pd.DataFrame], dict]:
+) -> tuple[dict[str, pd.DataFrame], Schema]:
     """Check the frame against `data`, split it and describe it: the prepare stage's work."""
     target, task = select_target(frame, data, default_target)
     check_weight_column(frame, data, target)
@@ -332,113 +329,37 @@ def prepare(
     return split_frame(frame, target, task, data, seed, test), schema
 
 
-def scale_target(frame: pd.DataFrame, schema: dict, data: DataParams) -> pd.DataFrame:
+def scale_target(frame: pd.DataFrame, schema: Schema, data: DataParams) -> pd.DataFrame:
     """The regression target divided by `data.target_scale` (e.g. dollars to 100,000s)."""
-    if schema["task"] != "regression":
+    if schema.task != "regression":
         raise DataError(
-            f"data.target_scale divides a regression target; `{schema['target']}` is a "
+            f"data.target_scale divides a regression target; `{schema.target}` is a "
             "classification target here. Set data.target_scale to null."
         )
-    target = schema["target"]
+    target = schema.target
     return frame.assign(**{target: frame[target].astype(np.float64) / data.target_scale})
 
 
 # Warnings: suspicious, not fatal
 
 
-def data_warnings(splits: dict[str, pd.DataFrame], schema: dict) -> list[str]:
+def data_warnings(splits: dict[str, pd.DataFrame], schema: Schema) -> list[str]:
     """Constant columns, rows shared by train and test, features that copy the target."""
     train, test = splits["train"], splits["test"]
-    names = feature_names(schema)
+    names = schema.feature_names
     warnings = []
     constant = [c for c in names if train[c].nunique(dropna=False) <= 1]
     if constant:
         warnings.append(f"constant in the training split, so useless as features: {constant}")
-    key = [*names, schema["target"]]
+    key = [*names, schema.target]
     shared = test[key].merge(train[key].drop_duplicates(), how="inner", on=key)
     if len(shared):
         warnings.append(
             f"{len(shared)} test rows also appear, identical, in the training split; the test "
             "score overstates performance on new rows"
         )
-    target = train[schema["target"]]
+    target = train[schema.target]
     for name in names:
         if train[name].equals(target) or train[name].astype(str).equals(target.astype(str)):
             warnings.append(f"feature `{name}` is identical to the target: a leak; exclude it")
     return warnings
-
-
-def schema_changes(schema: dict, previous: dict) -> list[str]:
-    """How the features differ from those a previous model was trained on."""
-    now = {f["name"]: f["kind"] for f in schema["features"]}
-    # Older metadata lists bare names; their kinds are unknown, so only names are compared.
-    before = {}
-    for f in previous.get("features", []):
-        name = f.get("name") if isinstance(f, dict) else str(f)
-        before[name] = f.get("kind", now.get(name)) if isinstance(f, dict) else now.get(name)
-    changes = []
-    if now.keys() - before.keys():
-        changes.append(f"new features {sorted(now.keys() - before.keys())}")
-    if before.keys() - now.keys():
-        changes.append(f"features no longer present {sorted(before.keys() - now.keys())}")
-    kinds = [n for n in now.keys() & before.keys() if now[n] != before[n]]
-    if kinds:
-        changes.append(f"features whose kind changed {sorted(kinds)}")
-    if schema["target"] != previous.get("target"):
-        changes.append(f"target `{previous.get('target')}` is now `{schema['target']}`")
-    return changes
-
-
-# What the model sees
-
-
-def feature_names(schema: dict) -> list[str]:
-    return [f["name"] for f in schema["features"]]
-
-
-def model_inputs(
-    frame: pd.DataFrame, schema: dict, where: str = "data", first_row: int = 1
-) -> dict[str, np.ndarray]:
-    """The model's named inputs: float32 (NaN for missing) or text ("" for missing), (n, 1).
-    `first_row` numbers the frame's first row in error messages."""
-    missing = [name for name in feature_names(schema) if name not in frame.columns]
-    if missing:
-        raise DataError(f"{where}: missing feature columns {missing}; the model needs them")
-    inputs = {}
-    for feature in schema["features"]:
-        column = frame[feature["name"]]
-        if feature["kind"] == "numeric":
-            values = to_numeric(column, where, first_row)
-        else:
-            values = to_categories(column)
-        inputs[feature["input"]] = values.reshape(-1, 1)
-    return inputs
-
-
-def encode_target(target: pd.Series, schema: dict) -> np.ndarray:
-    """Class labels become indices into `schema["classes"]`; regression targets become float32."""
-    if schema["task"] == "regression":
-        return target.to_numpy(dtype=np.float32)
-    index = {label: i for i, label in enumerate(schema["classes"])}
-    codes = target.map(lambda v: index.get(plain(v), -1)).to_numpy(dtype=np.int64)
-    unknown = sorted(set(target[codes < 0].map(plain)))
-    if unknown:
-        raise DataError(f"target `{schema['target']}` has labels not in the schema: {unknown}")
-    return codes
-
-
-def inputs_and_target(frame: pd.DataFrame, schema: dict) -> tuple[dict, np.ndarray]:
-    return model_inputs(frame, schema), encode_target(frame[schema["target"]], schema)
-
-
-def sample_weights(frame: pd.DataFrame, schema: dict) -> np.ndarray | None:
-    name = schema.get("weight_column")
-    return None if name is None else frame[name].to_numpy(dtype=np.float32)
-
-
-def read_splits(prepared_dir: Path, names: tuple[str, ...] = SPLITS) -> dict[str, pd.DataFrame]:
-    return {name: pd.read_parquet(prepared_dir / f"{name}.parquet") for name in names}
-
-
-def read_schema(prepared_dir: Path) -> dict:
-    return json.loads((prepared_dir / SCHEMA_FILE).read_text())

@@ -1,4 +1,5 @@
-"""Preprocessing inside the model: raw named columns in, one dense float matrix out.
+"""What the model is fed: rows turned into its named inputs and targets, and the preprocessing
+inside the model, from raw named columns to one dense float matrix.
 
 Everything learned here (medians, means, standard deviations, vocabularies) comes from the
 training split only, and is stored in the layers, so the exported model takes raw rows.
@@ -6,17 +7,67 @@ training split only, and is stored in the layers, so the exported model takes ra
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 from keras import ops
 
-from mlpipe.util.tables import to_categories, to_numeric
+from mlpipe.schema import Feature, Schema
+from mlpipe.util.files import plain
+from mlpipe.util.tables import DataError, to_categories, to_numeric
 
 PREPROCESS = "preprocess"
 # Rows per call when preprocessing whole splits: large, since it is one cheap pass.
 TRANSFORM_BATCH = 8192
+
+
+# Rows to model inputs
+
+
+def model_inputs(
+    frame: pd.DataFrame, schema: Schema, where: str = "data", first_row: int = 1
+) -> dict[str, np.ndarray]:
+    """The model's named inputs: float32 (NaN for missing) or text ("" for missing), (n, 1).
+    `first_row` numbers the frame's first row in error messages."""
+    missing = [name for name in schema.feature_names if name not in frame.columns]
+    if missing:
+        raise DataError(f"{where}: missing feature columns {missing}; the model needs them")
+    inputs = {}
+    for feature in schema.features:
+        column = frame[feature.name]
+        if feature.kind == "numeric":
+            values = to_numeric(column, where, first_row)
+        else:
+            values = to_categories(column)
+        inputs[feature.input] = values.reshape(-1, 1)
+    return inputs
+
+
+def encode_target(target: pd.Series, schema: Schema) -> np.ndarray:
+    """Class labels become indices into `schema.classes`; regression targets become float32."""
+    if schema.classes is None:
+        return target.to_numpy(dtype=np.float32)
+    index = {label: i for i, label in enumerate(schema.classes)}
+    codes = target.map(lambda v: index.get(plain(v), -1)).to_numpy(dtype=np.int64)
+    unknown = sorted(set(target[codes < 0].map(plain)))
+    if unknown:
+        raise DataError(f"target `{schema.target}` has labels not in the schema: {unknown}")
+    return codes
+
+
+def inputs_and_target(frame: pd.DataFrame, schema: Schema) -> tuple[dict, np.ndarray]:
+    return model_inputs(frame, schema), encode_target(frame[schema.target], schema)
+
+
+def sample_weights(frame: pd.DataFrame, schema: Schema) -> np.ndarray | None:
+    name = schema.weight_column
+    return None if name is None else frame[name].to_numpy(dtype=np.float32)
+
+
+# Preprocessing layers
 
 
 @keras.saving.register_keras_serializable(package="mlpipe")
@@ -80,13 +131,13 @@ def vocabulary(train: pd.DataFrame, name: str) -> list[str]:
     return sorted(counts.index, key=lambda v: (-counts[v], v))
 
 
-def input_layer(feature: dict) -> keras.KerasTensor:
-    dtype = "float32" if feature["kind"] == "numeric" else "string"
-    return keras.Input(shape=(1,), dtype=dtype, name=feature["input"])
+def input_layer(feature: Feature) -> keras.KerasTensor:
+    dtype = "float32" if feature.kind == "numeric" else "string"
+    return keras.Input(shape=(1,), dtype=dtype, name=feature.input)
 
 
 def build_preprocessor(
-    schema: dict,
+    schema: Schema,
     train: pd.DataFrame,
     clip: float | None,
     paths: dict[str, list[str]] | None = None,
@@ -97,12 +148,12 @@ def build_preprocessor(
 
     With `paths` ({"wide": [columns], "deep": [columns]}) it outputs one matrix per path
     instead, each encoded by its own layers, prefixed with the path's name."""
-    inputs = {f["input"]: input_layer(f) for f in schema["features"]}
+    inputs = {f.input: input_layer(f) for f in schema.features}
     if paths is None:
-        return keras.Model(inputs, encode(schema["features"], inputs, train, clip), name=PREPROCESS)
+        return keras.Model(inputs, encode(schema.features, inputs, train, clip), name=PREPROCESS)
     outputs = {
         path: encode(
-            [f for f in schema["features"] if f["name"] in names], inputs, train, clip, f"{path}_"
+            [f for f in schema.features if f.name in names], inputs, train, clip, f"{path}_"
         )
         for path, names in paths.items()
     }
@@ -110,54 +161,38 @@ def build_preprocessor(
 
 
 def encode(
-    features: list[dict],
+    features: Sequence[Feature],
     inputs: dict[str, keras.KerasTensor],
     train: pd.DataFrame,
     clip: float | None,
     prefix: str = "",
 ) -> keras.KerasTensor:
     """The encoding layers of `features`, learned on `train`, applied to their inputs."""
-    numeric = [f for f in features if f["kind"] == "numeric"]
+    numeric = [f for f in features if f.kind == "numeric"]
     parts = []
     if numeric:
-        stats = numeric_stats(train, [f["name"] for f in numeric])
+        stats = numeric_stats(train, [f.name for f in numeric])
         joined = (
-            keras.layers.Concatenate(name=f"{prefix}numeric")([inputs[f["input"]] for f in numeric])
+            keras.layers.Concatenate(name=f"{prefix}numeric")([inputs[f.input] for f in numeric])
             if len(numeric) > 1
-            else inputs[numeric[0]["input"]]
+            else inputs[numeric[0].input]
         )
         parts.append(
             ImputeStandardize(**stats, clip=clip, name=f"{prefix}impute_standardize")(joined)
         )
     for feature in features:
-        if feature["kind"] != "categorical":
+        if feature.kind != "categorical":
             continue
         lookup = keras.layers.StringLookup(
-            vocabulary=vocabulary(train, feature["name"]),
+            vocabulary=vocabulary(train, feature.name),
             num_oov_indices=1,
             output_mode="one_hot",
-            name=f"{prefix}lookup_{feature['input']}",
+            name=f"{prefix}lookup_{feature.input}",
         )
-        parts.append(lookup(inputs[feature["input"]]))
+        parts.append(lookup(inputs[feature.input]))
     if len(parts) == 1:
         return parts[0]
     return keras.layers.Concatenate(name=f"{prefix}features")(parts)
-
-
-def feature_summary(schema: dict, train: pd.DataFrame) -> list[dict]:
-    """The learned feature schema for metadata.json: kinds, medians, categories seen."""
-    out = []
-    numeric = [f["name"] for f in schema["features"] if f["kind"] == "numeric"]
-    stats = numeric_stats(train, numeric) if numeric else {}
-    for feature in schema["features"]:
-        entry = {k: feature[k] for k in ("name", "input", "kind")}
-        if feature["kind"] == "numeric":
-            i = numeric.index(feature["name"])
-            entry["median"] = stats["median"][i]
-        else:
-            entry["categories"] = vocabulary(train, feature["name"])
-        out.append(entry)
-    return out
 
 
 def tensors(inputs: dict[str, np.ndarray]) -> dict[str, tf.Tensor]:
@@ -181,7 +216,7 @@ def predict(
 
 
 def transform(
-    preprocessor: keras.Model, frame: pd.DataFrame, schema: dict
+    preprocessor: keras.Model, frame: pd.DataFrame, schema: Schema
 ) -> tf.Variable | dict[str, tf.Variable]:
     """The float32 feature matrix the core trains on (one per path for a Wide & Deep core),
     computed once per split.
@@ -191,8 +226,6 @@ def transform(
     buffer nothing else shares copies nothing. No float64 or per-column copy of the whole table
     is made either. Peak memory is about twice the feature matrix, while the chunks are joined.
     """
-    from mlpipe.dataset import model_inputs  # data imports no TensorFlow; features does
-
     parts = []
     for start in range(0, max(len(frame), 1), TRANSFORM_BATCH):
         chunk = model_inputs(frame.iloc[start : start + TRANSFORM_BATCH], schema)
@@ -208,15 +241,13 @@ def to_numpy(matrices: tf.Variable | dict[str, tf.Variable]) -> np.ndarray | dic
 
 
 def matrices(
-    preprocessor: keras.Model, splits: dict[str, pd.DataFrame], schema: dict
+    preprocessor: keras.Model, splits: dict[str, pd.DataFrame], schema: Schema
 ) -> dict[str, tuple[tf.Variable | dict[str, tf.Variable], np.ndarray]]:
     """(features, encoded target) per split, as the core trains and validates on them."""
-    from mlpipe.dataset import encode_target
-
     return {
         name: (
             transform(preprocessor, frame, schema),
-            encode_target(frame[schema["target"]], schema),
+            encode_target(frame[schema.target], schema),
         )
         for name, frame in splits.items()
     }

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn import metrics as skm
 
 from mlpipe import MlpipeError
+from mlpipe.schema import Schema
 
 DIGITS = 6
 
@@ -51,7 +53,7 @@ def class_probabilities(raw: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def classification_metrics(
-    y_true: np.ndarray, proba: np.ndarray, classes: list | None = None
+    y_true: np.ndarray, proba: np.ndarray, classes: Sequence | None = None
 ) -> dict:
     """Metrics of class indices `y_true` against (n, n_classes) probabilities.
 
@@ -86,7 +88,7 @@ def classification_metrics(
     return scores
 
 
-def per_class_table(y_true: np.ndarray, y_pred: np.ndarray, classes: list) -> dict:
+def per_class_table(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence) -> dict:
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         y_true, y_pred, labels=np.arange(len(classes)), zero_division=0
     )
@@ -126,26 +128,26 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     return {key: _rounded(value) for key, value in values.items()}
 
 
-def score(schema: dict, y_true: np.ndarray, raw_predictions: np.ndarray) -> dict:
+def score(schema: Schema, y_true: np.ndarray, raw_predictions: np.ndarray) -> dict:
     """The metrics for the schema's task, from the model's raw outputs (one output)."""
-    if schema["task"] == "regression":
+    if schema.task == "regression":
         return regression_metrics(y_true, raw_predictions)
-    proba = class_probabilities(raw_predictions, len(schema["classes"]))
-    return classification_metrics(y_true, proba, schema["classes"])
+    proba = class_probabilities(raw_predictions, schema.n_classes)
+    return classification_metrics(y_true, proba, schema.classes)
 
 
-def output_loss(schema: dict, y_true: np.ndarray, raw_predictions: np.ndarray) -> float:
+def output_loss(schema: Schema, y_true: np.ndarray, raw_predictions: np.ndarray) -> float:
     """The loss an output is trained on: mean squared error, or cross-entropy."""
-    if schema["task"] == "regression":
+    if schema.task == "regression":
         y_pred = np.asarray(raw_predictions, dtype=np.float64).reshape(-1)
         return float(np.mean((np.asarray(y_true, dtype=np.float64) - y_pred) ** 2))
-    proba = class_probabilities(raw_predictions, len(schema["classes"]))
+    proba = class_probabilities(raw_predictions, schema.n_classes)
     proba = proba / proba.sum(axis=1, keepdims=True)
     return float(skm.log_loss(y_true, proba, labels=np.arange(proba.shape[1])))
 
 
 def output_scores(
-    schema: dict,
+    schema: Schema,
     y_true: np.ndarray,
     outputs: dict[str, np.ndarray],
     loss_weights: dict[str, float] | None = None,

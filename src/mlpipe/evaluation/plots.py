@@ -13,6 +13,7 @@ because DVC's template counts the rows itself.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
 from mlpipe.evaluation.metrics import DIGITS, class_probabilities
+from mlpipe.schema import Schema
 
 CURVE_POINTS = 101  # ROC and precision-recall curves: one point per 0.01 of the x axis
 CALIBRATION_BINS = 10
@@ -40,9 +42,9 @@ CLASSIFICATION_DATA = ("confusion.csv", "roc.csv", "precision_recall.csv", "cali
 REGRESSION_DATA = ("residuals.csv",)
 
 
-def confusion_rows(schema: dict, y_true: np.ndarray, raw_predictions: np.ndarray) -> pd.DataFrame:
+def confusion_rows(schema: Schema, y_true: np.ndarray, raw_predictions: np.ndarray) -> pd.DataFrame:
     """Actual and predicted label of every example: the data of DVC's confusion templates."""
-    classes = np.asarray(schema["classes"], dtype=object)
+    classes = np.asarray(schema.classes, dtype=object)
     proba = class_probabilities(raw_predictions, len(classes))
     return pd.DataFrame({"actual": classes[y_true], "predicted": classes[proba.argmax(axis=1)]})
 
@@ -111,13 +113,13 @@ def residual_rows(y_true: np.ndarray, y_pred: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"actual": actual, "predicted": predicted, "residual": actual - predicted})
 
 
-def plot_data(schema: dict, y_true: np.ndarray, raw_predictions: np.ndarray) -> dict:
+def plot_data(schema: Schema, y_true: np.ndarray, raw_predictions: np.ndarray) -> dict:
     """{file name: frame} for every file in DATA_COLUMNS; those of the other task are empty."""
     frames = {name: _empty(name) for name in DATA_COLUMNS}
-    if schema["task"] == "regression":
+    if schema.task == "regression":
         frames["residuals.csv"] = residual_rows(y_true, raw_predictions)
         return frames
-    proba = class_probabilities(raw_predictions, len(schema["classes"]))
+    proba = class_probabilities(raw_predictions, schema.n_classes)
     frames["confusion.csv"] = confusion_rows(schema, y_true, raw_predictions)
     frames["roc.csv"] = roc_points(y_true, proba)
     frames["precision_recall.csv"] = precision_recall_points(y_true, proba)
@@ -143,7 +145,7 @@ def png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def confusion_figure(classes: list, y_true: np.ndarray, y_pred: np.ndarray) -> Figure:
+def confusion_figure(classes: Sequence, y_true: np.ndarray, y_pred: np.ndarray) -> Figure:
     labels = np.arange(len(classes))
     counts = skm.confusion_matrix(y_true, y_pred, labels=labels)
     rows = counts.sum(axis=1, keepdims=True)
@@ -223,7 +225,7 @@ def training_figure(curves: dict[str, dict[str, pd.DataFrame]]) -> Figure:
 
 
 def figures(
-    schema: dict,
+    schema: Schema,
     y_true: np.ndarray,
     raw_predictions: np.ndarray,
     frames: dict[str, pd.DataFrame],
@@ -233,7 +235,7 @@ def figures(
     result = {}
     if training:
         result["training.png"] = training_figure(training)
-    if schema["task"] == "regression":
+    if schema.task == "regression":
         rows = frames["residuals.csv"]
         result["predicted_vs_actual.png"] = scatter_figure(
             rows, "actual", "predicted", "Predicted vs actual (test)", "identity"
@@ -242,9 +244,9 @@ def figures(
             rows, "predicted", "residual", "Residuals (test)", "zero"
         )
         return result
-    proba = class_probabilities(raw_predictions, len(schema["classes"]))
+    proba = class_probabilities(raw_predictions, schema.n_classes)
     several = "" if proba.shape[1] == 2 else ", macro average"
-    result["confusion.png"] = confusion_figure(schema["classes"], y_true, proba.argmax(axis=1))
+    result["confusion.png"] = confusion_figure(schema.classes or (), y_true, proba.argmax(axis=1))
     result["roc.png"] = curve_figure(
         frames["roc.csv"], "fpr", "tpr", f"ROC curve (test{several})", diagonal=True
     )
@@ -264,7 +266,7 @@ def figures(
 
 
 def evaluation_files(
-    schema: dict,
+    schema: Schema,
     y_true: np.ndarray,
     raw_predictions: np.ndarray,
     training: dict[str, dict[str, pd.DataFrame]] | None = None,

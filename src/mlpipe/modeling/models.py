@@ -27,6 +27,7 @@ from mlpipe.modeling.networks import (
     output_spec,
 )
 from mlpipe.params import ModelParams
+from mlpipe.schema import Schema
 from mlpipe.util import files
 from mlpipe.util.paths import CORE_CONFIG_FILE, CORE_WEIGHTS_FILE, KERAS_FILE, PREPROCESS_FILE
 
@@ -41,7 +42,7 @@ HIDDEN_SETTINGS = (
 )
 
 
-def output_layer(schema: dict, name: str = "output") -> keras.layers.Dense:
+def output_layer(schema: Schema, name: str = "output") -> keras.layers.Dense:
     """Softmax over classes, one sigmoid unit for two classes, one linear unit for regression."""
     units, activation = output_spec(schema)
     return keras.layers.Dense(units, activation=activation, name=name)
@@ -51,14 +52,14 @@ def _hidden(cfg: ModelParams) -> list[keras.layers.Layer]:
     return hidden_layers(**cfg.model_dump(include=set(HIDDEN_SETTINGS)))
 
 
-def build_core(cfg: ModelParams, schema: dict, n_features: int) -> keras.Model:
+def build_core(cfg: ModelParams, schema: Schema, n_features: int) -> keras.Model:
     """Sequential API: the MLP on the preprocessed feature matrix."""
     layers = [keras.Input(shape=(n_features,), name="features"), *_hidden(cfg)]
     layers.append(output_layer(schema))
     return keras.Sequential(layers, name=CORE)
 
 
-def build_functional_core(cfg: ModelParams, schema: dict, widths: dict[str, int]) -> keras.Model:
+def build_functional_core(cfg: ModelParams, schema: Schema, widths: dict[str, int]) -> keras.Model:
     """Functional API: Wide & Deep (Cheng et al. 2016). Two inputs; the deep one goes through the
     hidden layers, the wide one joins it before the main output; with `aux_output`, a second
     output on the deep path."""
@@ -73,7 +74,7 @@ def build_functional_core(cfg: ModelParams, schema: dict, widths: dict[str, int]
     return keras.Model({WIDE: wide, DEEP: deep}, outputs, name=CORE)
 
 
-def build_subclass_core(cfg: ModelParams, schema: dict) -> WideAndDeepModel:
+def build_subclass_core(cfg: ModelParams, schema: Schema) -> WideAndDeepModel:
     """Subclassing API: the WideAndDeepModel, with its residual blocks."""
     units, activation = output_spec(schema)
     return WideAndDeepModel(
@@ -86,17 +87,17 @@ def build_subclass_core(cfg: ModelParams, schema: dict) -> WideAndDeepModel:
     )
 
 
-def feature_paths(cfg: ModelParams, schema: dict) -> dict[str, list[str]]:
+def feature_paths(cfg: ModelParams, schema: Schema) -> dict[str, list[str]]:
     """The features of the wide and of the deep path, in the schema's order, checked against
     the data: every column named must be a feature, and every feature must be on a path."""
-    names = [f["name"] for f in schema["features"]]
+    names = schema.feature_names
     paths = {}
     for path, chosen in ((WIDE, cfg.wide_columns), (DEEP, cfg.deep_columns)):
         unknown = [c for c in chosen or [] if c not in names]
         if unknown:
             raise MlpipeError(
                 f"model.{path}_columns: {', '.join(f'`{c}`' for c in unknown)} is not a feature "
-                f"column of the data (the target is `{schema['target']}`); the features are "
+                f"column of the data (the target is `{schema.target}`); the features are "
                 f"{', '.join(names)}"
             )
         paths[path] = names if chosen is None else [n for n in names if n in chosen]
@@ -115,7 +116,7 @@ def compose(preprocessor: keras.Model, core: keras.Model) -> keras.Model:
     return keras.Model(inputs, core(preprocessor(inputs)), name="mlp")
 
 
-def build_model(cfg: ModelParams, schema: dict, train: pd.DataFrame) -> keras.Model:
+def build_model(cfg: ModelParams, schema: Schema, train: pd.DataFrame) -> keras.Model:
     """Preprocessing adapted on the training split, then the core in the API of `model.api`.
 
     The Sequential core reads one feature matrix; the other two read a wide and a deep one,

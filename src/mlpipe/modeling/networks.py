@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import keras
 
+from mlpipe.schema import Schema
+
 # Names of the two feature paths (the preprocessor's outputs, the core's inputs) and of the
 # outputs of a network with several.
 WIDE = "wide"
@@ -45,11 +47,11 @@ def hidden_layers(
     return layers
 
 
-def output_spec(schema: dict) -> tuple[int, str | None]:
+def output_spec(schema: Schema) -> tuple[int, str | None]:
     """Softmax over classes, one sigmoid unit for two classes, one linear unit for regression."""
-    if schema["task"] == "regression":
+    if schema.task == "regression":
         return 1, None
-    n_classes = len(schema["classes"])
+    n_classes = schema.n_classes
     return (1, "sigmoid") if n_classes == 2 else (n_classes, "softmax")
 
 

@@ -1,4 +1,5 @@
-"""Export a trained model for serving, with the metadata that says where it came from."""
+"""Export a trained model for serving, with the metadata that says what it takes and where it
+came from: the export stage's operation, `export_model`."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import pandas as pd
 
 import mlpipe
 from mlpipe import MlpipeError
-from mlpipe.features import feature_summary
+from mlpipe.features import model_inputs, numeric_stats, vocabulary
 from mlpipe.modeling.models import main_output, output_names, save_model, split_model
 from mlpipe.params import ExportParams, Params, params_hash
+from mlpipe.schema import Schema
+from mlpipe.serving.metadata import ExportMetadata, LearnedFeature, write_metadata
 from mlpipe.util import git
 from mlpipe.util.files import file_sha256
 from mlpipe.util.paths import (
@@ -28,6 +31,8 @@ from mlpipe.util.paths import (
 
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-4
+# Rows a converted format must predict like the Keras model
+CHECK_ROWS = 256
 # The params that shape the trained model; their hash identifies it.
 MODEL_SECTIONS = ("seed", "data", "model", "train")
 log = logging.getLogger("mlpipe.export")
@@ -45,28 +50,61 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def metadata(schema: dict, params: Params, train_file: Path, model: keras.Model) -> dict:
-    """What serving needs besides the model (features, how to read files, classes, outputs)
-    and where the model came from."""
-    return {
-        "features": feature_summary(schema, pd.read_parquet(train_file)),
-        "target": schema["target"],
-        "target_scale": schema.get("target_scale"),
-        "task": schema["task"],
-        "classes": schema["classes"],
-        "api": params.model.api,
-        "outputs": output_names(split_model(model)[1]),
-        "id_column": schema.get("id_column"),
-        "csv": params.data.csv.model_dump(),
-        "formats": list(params.export.formats)
-        + ["onnx"] * params.export.onnx
-        + ["h5"] * params.export.h5,
-        "versions": library_versions(),
-        "git_commit": git.head_commit(mark_dirty=True),
-        "params_sha256": params_hash(params, MODEL_SECTIONS),
-        "params_sections": list(MODEL_SECTIONS),
-        "train_data_sha256": file_sha256(train_file),
-    }
+def export_model(
+    model: keras.Model,
+    schema: Schema,
+    params: Params,
+    train_file: Path,
+    out: Path,
+    test: pd.DataFrame | None = None,
+) -> ExportMetadata:
+    """Write the formats `params.export` asks for and metadata.json into the folder `out`.
+
+    `train_file` is the training split the model was trained on: hashed, and the source of the
+    medians and categories recorded. A converted format (ONNX) is checked on the first
+    CHECK_ROWS rows of `test`.
+    """
+    meta = metadata(schema, params, train_file, model)
+    sample = None if test is None else model_inputs(test.head(CHECK_ROWS), schema)
+    write_formats(model, params.export, out, sample)
+    write_metadata(out, meta)
+    return meta
+
+
+def formats(export: ExportParams) -> tuple[str, ...]:
+    return (*export.formats, *["onnx"] * export.onnx, *["h5"] * export.h5)
+
+
+def learned_features(schema: Schema, train: pd.DataFrame) -> tuple[LearnedFeature, ...]:
+    """The schema's features with the training medians and categories the preprocessing holds."""
+    numeric = [f.name for f in schema.features if f.kind == "numeric"]
+    medians = dict(zip(numeric, numeric_stats(train, numeric)["median"], strict=True))
+    return tuple(
+        LearnedFeature(**feature.model_dump(), median=medians[feature.name])
+        if feature.kind == "numeric"
+        else LearnedFeature(**feature.model_dump(), categories=vocabulary(train, feature.name))
+        for feature in schema.features
+    )
+
+
+def metadata(
+    schema: Schema, params: Params, train_file: Path, model: keras.Model
+) -> ExportMetadata:
+    """The schema, extended with what serving needs besides the model (what was learned of the
+    features, how to read files, the outputs) and with where the model came from."""
+    return ExportMetadata(
+        **schema.model_dump(exclude={"features"}),
+        features=learned_features(schema, pd.read_parquet(train_file)),
+        api=params.model.api,
+        outputs=tuple(output_names(split_model(model)[1])),
+        csv=params.data.csv,
+        formats=formats(params.export),
+        versions=library_versions(),
+        git_commit=git.head_commit(mark_dirty=True),
+        params_sha256=params_hash(params, MODEL_SECTIONS),
+        params_sections=MODEL_SECTIONS,
+        train_data_sha256=file_sha256(train_file),
+    )
 
 
 def write_formats(

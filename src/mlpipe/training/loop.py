@@ -20,6 +20,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from mlpipe import MlpipeError
 from mlpipe.modeling.models import output_names
 from mlpipe.params import OptimizerParams, Params, TrainParams, params_hash
+from mlpipe.schema import Schema
 from mlpipe.training.callbacks import DivergenceGuard, EpochLogger, OneCycle, TrainingSignals
 from mlpipe.training.resume import ResumableBackup
 from mlpipe.util import files
@@ -49,30 +50,30 @@ class RunDirs:
     backup: Path
 
 
-def loss_and_metrics(schema: dict) -> tuple[str, list]:
-    if schema["task"] == "regression":
+def loss_and_metrics(schema: Schema) -> tuple[str, list]:
+    if schema.task == "regression":
         return "mse", [
             keras.metrics.RootMeanSquaredError(name="rmse"),
             keras.metrics.MeanAbsoluteError(name="mae"),
         ]
-    if len(schema["classes"]) == 2:
+    if schema.n_classes == 2:
         return "binary_crossentropy", ["accuracy"]
     return "sparse_categorical_crossentropy", ["accuracy"]
 
 
-def monitor_choices(schema: dict, outputs: list[str] | None = None) -> list[str]:
+def monitor_choices(schema: Schema, outputs: list[str] | None = None) -> list[str]:
     """The validation values Keras logs: `val_loss` and `val_<metric>` for one output; for
     several, `val_loss` (the weighted total) and `val_<output>_loss`, `val_<output>_<metric>`."""
-    metrics = ["rmse", "mae"] if schema["task"] == "regression" else ["accuracy"]
+    metrics = ["rmse", "mae"] if schema.task == "regression" else ["accuracy"]
     if not outputs or len(outputs) == 1:
         return [f"val_{name}" for name in ["loss", *metrics]]
     return ["val_loss"] + [f"val_{out}_{name}" for out in outputs for name in ["loss", *metrics]]
 
 
-def check_monitor(train: TrainParams, schema: dict, outputs: list[str] | None = None) -> None:
+def check_monitor(train: TrainParams, schema: Schema, outputs: list[str] | None = None) -> None:
     choices = monitor_choices(schema, outputs)
     if train.monitor not in choices:
-        model = f"{schema['task']} model" + (
+        model = f"{schema.task} model" + (
             f" with outputs {', '.join(outputs)}" if outputs and len(outputs) > 1 else ""
         )
         raise MlpipeError(
@@ -184,7 +185,7 @@ def build_optimizer(
 
 
 def output_losses(
-    loss_weights: dict[str, float] | None, schema: dict, outputs: list[str]
+    loss_weights: dict[str, float] | None, schema: Schema, outputs: list[str]
 ) -> tuple[str | dict[str, str], dict[str, float] | None]:
     """The loss, and for several outputs one per output with `train.loss_weights` (1 each by
     default), which Keras sums into the loss that is minimized."""
@@ -196,7 +197,7 @@ def output_losses(
 
 
 def compile_model(
-    model: keras.Model, train: TrainParams, schema: dict, steps_per_epoch: int
+    model: keras.Model, train: TrainParams, schema: Schema, steps_per_epoch: int
 ) -> None:
     """The optimizer, and a loss and metric set per output (`output_losses`)."""
     outputs = output_names(model)
@@ -213,7 +214,9 @@ def compile_model(
     )
 
 
-def class_weights(train: TrainParams, schema: dict, y_train: np.ndarray) -> dict[int, float] | None:
+def class_weights(
+    train: TrainParams, schema: Schema, y_train: np.ndarray
+) -> dict[int, float] | None:
     """Keras's `class_weight` (class index to weight) from `train.class_weight`.
 
     `balanced` weighs class c by n_samples / (n_classes * n_c), as scikit-learn's
@@ -223,9 +226,9 @@ def class_weights(train: TrainParams, schema: dict, y_train: np.ndarray) -> dict
     setting = train.class_weight
     if setting is None:
         return None
-    if schema["task"] != "classification":
+    if schema.task != "classification":
         raise MlpipeError("train.class_weight applies to classification; this task is regression")
-    classes = schema["classes"]
+    classes = list(schema.classes or ())
     if setting == "balanced":
         weights = compute_class_weight("balanced", classes=np.arange(len(classes)), y=y_train)
         return {i: float(w) for i, w in enumerate(weights)}
@@ -233,7 +236,7 @@ def class_weights(train: TrainParams, schema: dict, y_train: np.ndarray) -> dict
     unknown = [label for label in setting if str(label) not in index]
     if unknown:
         raise MlpipeError(
-            f"train.class_weight: {unknown} are not classes of `{schema['target']}`; "
+            f"train.class_weight: {unknown} are not classes of `{schema.target}`; "
             f"the classes are {classes}"
         )
     weights = {i: 1.0 for i in range(len(classes))}
@@ -241,14 +244,14 @@ def class_weights(train: TrainParams, schema: dict, y_train: np.ndarray) -> dict
     return weights
 
 
-def check_weighting(train: TrainParams, schema: dict, model: keras.Model) -> None:
+def check_weighting(train: TrainParams, schema: Schema, model: keras.Model) -> None:
     """Refuse, before training, the combinations of weights that Keras rejects mid-fit."""
     if train.class_weight is None:
         return
-    if schema.get("weight_column"):
+    if schema.weight_column:
         raise MlpipeError(
             f"train.class_weight cannot be combined with data.weight_column "
-            f"(`{schema['weight_column']}`): Keras accepts class_weight or sample_weight, not "
+            f"(`{schema.weight_column}`): Keras accepts class_weight or sample_weight, not "
             "both. Multiply each row's weight by its class's weight in that column, or set "
             "train.class_weight to null."
         )
