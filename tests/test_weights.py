@@ -11,13 +11,13 @@ from conftest import ROOT, run_stage, tiny_params
 from mlpipe import MlpipeError, dataset
 from mlpipe.modeling import models
 from mlpipe.params import DataParams
-from mlpipe.training import loop
+from mlpipe.training import losses
 
 CLASSES = {"task": "classification", "classes": ["cat", "dog", "emu"], "target": "animal"}
 
 
 def weights_for(setting, y, schema=CLASSES):
-    return loop.class_weights(tiny_params(train={"class_weight": setting}).train, schema, y)
+    return losses.class_weights(tiny_params(train={"class_weight": setting}).train, schema, y)
 
 
 def test_balanced_matches_scikit_learn():
@@ -48,7 +48,7 @@ def test_class_weight_with_sample_weights_or_several_outputs_is_refused_before_t
     schema = {**CLASSES, "features": features, "weight_column": "w"}
     model = models.build_model(tiny_params().model, schema, frame)
     with pytest.raises(MlpipeError, match="Multiply each row's weight by its class's weight"):
-        loop.check_weighting(train, schema, model)
+        losses.check_weighting(train, schema, model)
     import keras
 
     inputs = keras.Input((3,))
@@ -56,8 +56,8 @@ def test_class_weight_with_sample_weights_or_several_outputs_is_refused_before_t
         inputs, [keras.layers.Dense(1)(inputs), keras.layers.Dense(1)(inputs)]
     )
     with pytest.raises(MlpipeError, match="several outputs"):
-        loop.check_weighting(train, {**schema, "weight_column": None}, two_outputs)
-    loop.check_weighting(tiny_params().train, schema, two_outputs)
+        losses.check_weighting(train, {**schema, "weight_column": None}, two_outputs)
+    losses.check_weighting(tiny_params().train, schema, two_outputs)
 
 
 def test_weight_column_is_checked_and_never_a_feature():
