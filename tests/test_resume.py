@@ -91,7 +91,10 @@ def outcome(folder):
 # count that one_cycle's rate follows.
 SCHEDULES = {
     "none": {},
-    "plateau": {"lr_schedule": {"name": "plateau", "plateau": {"patience": 0}}},
+    "plateau": {
+        "lr_schedule": {"name": "plateau", "plateau": {"patience": 0}},
+        "optimizer": {"learning_rate": 0.01},  # high enough that the loss stalls early
+    },
     "one_cycle": {"lr_schedule": {"name": "one_cycle"}},
 }
 

@@ -35,8 +35,10 @@ def test_fit_learns_and_writes_checkpoint_and_curves(digits, tmp_path):
     x_valid, y_valid = xy["valid"]
     accuracy = (best.predict(x_valid, verbose=0).argmax(axis=1) == y_valid).mean()
     assert accuracy > 0.85
-    loss = best.evaluate(x_valid, y_valid, verbose=0, return_dict=True)["loss"]
+    predicted = best.predict(x_valid, verbose=0)
+    loss = float(keras.ops.mean(keras.losses.sparse_categorical_crossentropy(y_valid, predicted)))
     assert loss == pytest.approx(summary["best_monitor_value"], rel=1e-4)
+    assert not best.compiled  # no optimizer state is saved with it
     curve = pd.read_csv(dirs.dvclive / "plots/metrics/eval/loss.tsv", sep="\t")
     assert len(curve) == summary["epochs_run"]
     assert curve["loss"].min() == pytest.approx(summary["best_monitor_value"], rel=1e-4)
@@ -237,40 +239,34 @@ def test_steps_per_execution_auto_rule():
     assert chosen(lr_schedule={"name": "one_cycle"}, steps_per_execution=8) == 8
 
 
-def learning_curves(digits, folder, **train) -> tuple[pd.Series, pd.Series, int]:
-    """The per-epoch learning rate and validation loss of a 3-epoch run, and its step count."""
-    model, summary, dirs, xy = fit_tiny(digits, folder, epochs=3, **train)
+def learning_curves(digits, folder, **train) -> tuple[pd.Series, pd.Series]:
+    """The per-epoch learning rate and validation loss of a 3-epoch run."""
+    _, summary, dirs, xy = fit_tiny(digits, folder, epochs=3, **train)
     assert batches.steps(len(xy["train"][1]), 32) == 40
     assert summary["epochs_run"] == 3
     rate = pd.read_csv(dirs.dvclive / "plots/metrics/train/learning_rate.tsv", sep="\t")
     loss = pd.read_csv(dirs.dvclive / "plots/metrics/eval/loss.tsv", sep="\t")
-    return rate["learning_rate"], loss["loss"], int(model.optimizer.iterations.numpy())
+    return rate["learning_rate"], loss["loss"]
 
 
-def test_steps_per_execution_does_not_change_what_is_learned(digits, tmp_path):
+@pytest.mark.parametrize("schedule", ["none", "one_cycle"])
+def test_steps_per_execution_does_not_change_what_is_learned(digits, tmp_path, schedule):
     # 40 batches per epoch: groups of 7 leave a group of 5 at the end of each epoch, which
-    # must not borrow batches from the next one.
-    _, one, steps = learning_curves(digits, tmp_path / "1", steps_per_execution=1)
-    assert steps == 3 * 40
-    for spe in (7, "auto"):
-        _, loss, steps = learning_curves(digits, tmp_path / str(spe), steps_per_execution=spe)
-        assert steps == 3 * 40
-        np.testing.assert_allclose(loss, one, rtol=1e-5)
-
-
-def test_one_cycle_follows_the_same_curve_whatever_steps_per_execution(digits, tmp_path):
-    one_cycle = {"lr_schedule": {"name": "one_cycle"}, "optimizer": {"learning_rate": 0.01}}
-    rates, one, _ = learning_curves(digits, tmp_path / "1", steps_per_execution=1, **one_cycle)
+    # must not borrow batches from the next one. Under one_cycle the rate follows the step
+    # count within each call into TensorFlow as well.
+    settings = {"lr_schedule": {"name": schedule}}
+    rates, one = learning_curves(digits, tmp_path / "1", steps_per_execution=1, **settings)
     # The rate logged after epoch k is the schedule's at the step count reached, 40 k.
-    cycle = optimizers.schedule(tiny_params(train={"epochs": 3, **one_cycle}).train, 0.01, 40)
-    expected = [float(cycle(40 * epoch)) for epoch in (1, 2, 3)]
+    rate = optimizers.schedule(tiny_params(train={"epochs": 3, **settings}).train, 0.001, 40)
+    expected = [float(rate(40 * epoch)) if schedule != "none" else 0.001 for epoch in (1, 2, 3)]
     np.testing.assert_allclose(rates, expected, rtol=1e-6)
-    assert rates.iloc[0] > 0.01 / 25 and rates.iloc[2] < rates.iloc[1] < 0.01  # it did cycle
+    if schedule == "one_cycle":
+        assert rates.iloc[0] > 0.001 / 25 and rates.iloc[2] < rates.iloc[1] < 0.001  # it cycles
     for spe in (7, "auto"):
-        again, loss, _ = learning_curves(
-            digits, tmp_path / str(spe), steps_per_execution=spe, **one_cycle
+        again, loss = learning_curves(
+            digits, tmp_path / str(spe), steps_per_execution=spe, **settings
         )
-        pd.testing.assert_series_equal(again, rates)
+        pd.testing.assert_series_equal(again, rates)  # 40 steps an epoch, whatever the calls
         np.testing.assert_allclose(loss, one, rtol=1e-5)
 
 

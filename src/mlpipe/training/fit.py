@@ -73,7 +73,8 @@ def train(
     The preprocessing stays as build adapted it: it turns each split into features once. The
     params are checked against the model before any training. A backup in dirs.backup left by
     an interrupted run of the same params, rate and `input_files` is resumed. Returns the model
-    of the best epoch, preprocessing included, and the run summary for metrics/train.json.
+    of the best epoch, preprocessing included and not compiled, and the run summary for
+    metrics/train.json.
     """
     train_params = params.train
     preprocessor, network = models.split_model(model)
@@ -112,8 +113,13 @@ def train(
         summary["monitor"],
         summary["best_monitor_value"],
     )
-    # The best epoch's network behind the unchanged preprocessing: one model from raw columns.
-    return models.compose(preprocessor, network), summary
+    # What is saved and served: the best epoch's weights behind the unchanged preprocessing, one
+    # model from raw columns, without the optimizer that trained them (its state and schedule
+    # are training's, and loading them would need this module).
+    bare = type(network).from_config(network.get_config())
+    best = models.compose(preprocessor, bare)
+    bare.set_weights(network.get_weights())
+    return best, summary
 
 
 def steps_per_execution(train: TrainParams, steps_per_epoch: int) -> int:
