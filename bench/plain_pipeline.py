@@ -29,7 +29,9 @@ def main(repo: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         dirs = fit.RunDirs.inside(out)
-        best, _ = fit.train(built, params, splits, schema, dirs, learning_rate=rate)
+        best, _ = fit.train(
+            built, params.train, splits, schema, dirs, seed=params.seed, learning_rate=rate
+        )
         models.save_model_folder(best, out / "model")
         inputs, y_test = dataset.inputs_and_target(splits["test"], schema)
         raw = features.predict(best, inputs, params.evaluate.batch_size)

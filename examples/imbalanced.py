@@ -49,7 +49,9 @@ def train_and_score(frame: pd.DataFrame, class_weight, seed: int = 0) -> dict:
     rate = params.train.optimizer.learning_rate
     with tempfile.TemporaryDirectory() as tmp:
         dirs = fit.RunDirs.inside(Path(tmp))
-        model, _ = fit.train(built, params, splits, schema, dirs, learning_rate=rate)
+        model, _ = fit.train(
+            built, params.train, splits, schema, dirs, seed=params.seed, learning_rate=rate
+        )
     inputs, y_test = dataset.inputs_and_target(splits["test"], schema)
     predicted = (features.predict(model, inputs, 256)[:, 0] > 0.5).astype(int)
     return {

@@ -54,7 +54,16 @@ def main() -> None:
         frame = dataset.read_splits(args.prepared, ("train",))["train"]
         untrained = models.load_model_folder(args.untrained)
 
-        result, summary = lr_find.find_learning_rate(untrained, params, frame, schema)
+        result, summary = lr_find.find_learning_rate(
+            untrained,
+            params.lr_find,
+            frame,
+            schema,
+            optimizer=optimizer,
+            batch_size=params.train.batch_size,
+            loss_weights=params.train.loss_weights,
+            seed=params.seed,
+        )
         png = lr_find.curve_png(result, summary)
 
     # Write: the record last, so that train never sees a rate without its curve

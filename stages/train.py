@@ -67,11 +67,12 @@ def main() -> None:
     inputs += [args.prepared / f"{name}.parquet" for name in SPLITS]
     model, summary = fit.train(
         untrained,
-        params,
+        params.train,
         # Not kept here, so that train frees the tables once it has their features.
         dataset.read_splits(args.prepared, SPLITS),
         schema,
         dirs,
+        seed=params.seed,
         learning_rate=learning_rate,
         input_files=inputs,
     )

@@ -71,8 +71,9 @@ def train_two_epochs(splits, schema, params, folder):
     runtime.seed_everything(params.seed)
     built = models.build_model(params.model, schema, splits["train"])
     rate = params.train.optimizer.learning_rate
+    dirs = fit.RunDirs.inside(folder)
     model, summary = fit.train(
-        built, params, splits, schema, fit.RunDirs.inside(folder), learning_rate=rate
+        built, params.train, splits, schema, dirs, seed=params.seed, learning_rate=rate
     )
     assert summary["epochs_run"] == 2
     # Keras logs every value train.monitor may name, under the names it accepts (DVCLive files

@@ -22,7 +22,9 @@ def fit_tiny(digits, tmp_path, **train):
     built = models.build_model(params.model, schema, splits["train"])
     dirs = fit.RunDirs.inside(tmp_path)
     rate = params.train.optimizer.learning_rate
-    best, summary = fit.train(built, params, splits, schema, dirs, learning_rate=rate)
+    best, summary = fit.train(
+        built, params.train, splits, schema, dirs, seed=params.seed, learning_rate=rate
+    )
     preprocessor, network = models.split_model(best)
     return network, summary, dirs, features.matrices(preprocessor, splits, schema)
 
@@ -323,6 +325,7 @@ def test_an_unresolved_auto_rate_never_reaches_the_optimizer():
 
 def test_a_backup_is_resumed_only_at_the_same_rate():
     # Under `auto` the params do not change when the range test suggests another rate.
-    auto = tiny_params(train={"optimizer": {"learning_rate": "auto"}})
-    assert fit.fingerprint(auto, 0.001, []) == fit.fingerprint(auto, 0.001, [])
-    assert fit.fingerprint(auto, 0.001, []) != fit.fingerprint(auto, 0.002, [])
+    auto = tiny_params(train={"optimizer": {"learning_rate": "auto"}}).train
+    assert fit.fingerprint(auto, 7, 0.001) == fit.fingerprint(auto, 7, 0.001)
+    assert fit.fingerprint(auto, 7, 0.001) != fit.fingerprint(auto, 7, 0.002)
+    assert fit.fingerprint(auto, 7, 0.001) != fit.fingerprint(auto, 8, 0.001)

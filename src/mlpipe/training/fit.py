@@ -7,6 +7,7 @@ call it.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import time
@@ -22,7 +23,7 @@ from dvclive.keras import DVCLiveCallback
 
 from mlpipe import dataset, features
 from mlpipe.modeling import models
-from mlpipe.params import Params, TrainParams, params_hash
+from mlpipe.params import TrainParams
 from mlpipe.training import losses, optimizers
 from mlpipe.training.batches import ShuffledBatches, steps
 from mlpipe.training.callbacks import (
@@ -59,16 +60,18 @@ class RunDirs:
 
 def train(
     model: keras.Model,
-    params: Params,
+    cfg: TrainParams,
     splits: dict[str, pd.DataFrame],
     schema: dict,
     dirs: RunDirs,
     *,
+    seed: int,
     learning_rate: float,
     input_files: Sequence[Path] = (),
 ) -> tuple[keras.Model, dict]:
-    """Train the network of `model` (made by the build stage) on splits["train"], validating on
-    splits["valid"], at `learning_rate` (where train.lr_schedule starts) and by `params.train`.
+    """Train the network of `model` (made by the build stage) by `cfg` (the train section) on
+    splits["train"], validating on splits["valid"], at `learning_rate` (where
+    train.lr_schedule starts); `seed` orders each epoch's batches.
 
     The preprocessing stays as build adapted it: it turns each split into features once. The
     params are checked against the model before any training. A backup in dirs.backup left by
@@ -76,27 +79,24 @@ def train(
     of the best epoch, preprocessing included and not compiled, and the run summary for
     metrics/train.json.
     """
-    train_params = params.train
     preprocessor, network = models.split_model(model)
     outputs = models.output_names(network)
-    losses.check_monitor(train_params, schema, outputs)
-    losses.check_loss_weights(train_params.loss_weights, outputs)
-    losses.check_weighting(train_params, schema, network)
+    losses.check_monitor(cfg, schema, outputs)
+    losses.check_loss_weights(cfg.loss_weights, outputs)
+    losses.check_weighting(cfg, schema, network)
 
     # Features computed once per split; labels fed to every output
     sample_weight = dataset.sample_weights(splits["train"], schema)
     xy = features.matrices(preprocessor, {s: splits[s] for s in ("train", "valid")}, schema)
     del splits  # frees the tables unless the caller keeps them (the train stage does not)
-    class_weight = losses.class_weights(train_params, schema, xy["train"][1])
-    steps_per_epoch = steps(len(xy["train"][1]), train_params.batch_size)
+    class_weight = losses.class_weights(cfg, schema, xy["train"][1])
+    steps_per_epoch = steps(len(xy["train"][1]), cfg.batch_size)
     xy = losses.label_outputs(xy, outputs)
-    compile_model(network, train_params, schema, learning_rate, steps_per_epoch)
+    compile_model(network, cfg, schema, learning_rate, steps_per_epoch)
 
-    key = fingerprint(params, learning_rate, input_files)
+    key = fingerprint(cfg, seed, learning_rate, input_files)
     try:
-        summary = fit_network(
-            network, train_params, xy, dirs, params.seed, key, sample_weight, class_weight
-        )
+        summary = fit_network(network, cfg, xy, dirs, seed, key, sample_weight, class_weight)
     except TrainingDiverged:
         shutil.rmtree(dirs.backup, ignore_errors=True)
         dirs.checkpoint.unlink(missing_ok=True)
@@ -226,9 +226,12 @@ def fit_network(
     }
 
 
-def fingerprint(params: Params, learning_rate: float, inputs: Sequence[Path]) -> str:
-    """What a backup must match to be resumed: the seed, the train section, the rate trained at
-    (the params may say `auto`) and the input files."""
-    parts = [params_hash(params, ("seed", "train")), f"learning_rate {learning_rate!r}"]
+def fingerprint(
+    cfg: TrainParams, seed: int, learning_rate: float, inputs: Sequence[Path] = ()
+) -> str:
+    """What a backup must match to be resumed: the train section with defaults filled in, the
+    seed, the rate trained at (the params may say `auto`) and the input files."""
+    settings = {"seed": seed, "train": cfg.model_dump(mode="json")}
+    parts = [json.dumps(settings, sort_keys=True), f"learning_rate {learning_rate!r}"]
     parts += [files.file_sha256(p) for p in inputs]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mlpipe import MlpipeError
-from mlpipe.params import OptimizerParams, Params, ParamsError
+from mlpipe.params import LRFindParams, OptimizerParams, ParamsError
 
 if TYPE_CHECKING:
     import keras
@@ -81,10 +81,19 @@ def read_learning_rate(record_file: str | Path, optimizer: OptimizerParams) -> f
 
 
 def find_learning_rate(
-    model: keras.Model, params: Params, frame: pd.DataFrame, schema: dict
+    model: keras.Model,
+    cfg: LRFindParams,
+    frame: pd.DataFrame,
+    schema: dict,
+    *,
+    optimizer: OptimizerParams,
+    batch_size: int,
+    loss_weights: dict[str, float] | None,
+    seed: int,
 ) -> tuple[dict, dict]:
-    """The range test of lr_find's params on the untrained `model` (made by the build stage),
-    fed the training split `frame` as train would feed it; the model is left as it was.
+    """The range test by `cfg` (the lr_find section) of the untrained `model` (made by the build
+    stage) with the `optimizer` train uses, fed the training split `frame` in batches of
+    `batch_size` as train would feed it; the model is left as it was.
 
     Returns the curve (`range_test`'s result) and the summary for metrics/lr_find.json.
     """
@@ -93,29 +102,28 @@ def find_learning_rate(
     from mlpipe.training import losses, optimizers
     from mlpipe.util import runtime
 
-    cfg, train = params.lr_find, params.train
     preprocessor, network = models.split_model(model)
     outputs = models.output_names(network)
-    losses.check_loss_weights(train.loss_weights, outputs)
+    losses.check_loss_weights(loss_weights, outputs)
     x = features.to_numpy(features.transform(preprocessor, frame, schema))
     y = dataset.encode_target(frame[schema["target"]], schema)
     x, y = losses.label_outputs({"train": (x, y)}, outputs)["train"]
-    loss, loss_weights = losses.output_losses(train.loss_weights, schema, outputs)
+    loss, output_weights = losses.output_losses(loss_weights, schema, outputs)
 
-    runtime.seed_everything(params.seed)
-    steps = epoch_steps(len(frame), train.batch_size) if cfg.steps == "epoch" else cfg.steps
+    runtime.seed_everything(seed)
+    steps = epoch_steps(len(frame), batch_size) if cfg.steps == "epoch" else cfg.steps
     result = range_test(
         network,
         x,
         y,
-        optimizer=optimizers.build_optimizer(train.optimizer, cfg.min_lr),
+        optimizer=optimizers.build_optimizer(optimizer, cfg.min_lr),
         loss=loss,
-        loss_weights=loss_weights,
+        loss_weights=output_weights,
         min_lr=cfg.min_lr,
         max_lr=cfg.max_lr,
         steps=steps,
-        batch_size=train.batch_size,
-        seed=params.seed,
+        batch_size=batch_size,
+        seed=seed,
         smoothing=cfg.smoothing,
         stop_factor=cfg.stop_factor,
     )
