@@ -49,7 +49,7 @@ def main() -> None:
         from mlpipe import dataset
         from mlpipe.modeling import models
 
-        # Inputs: the training split, and the untrained model, of which a copy is tested
+        # Inputs: the training split, and the untrained model (its weights are put back after)
         schema = dataset.read_schema(args.prepared)
         frame = dataset.read_splits(args.prepared, ("train",))["train"]
         untrained = models.load_model_folder(args.untrained)
