@@ -2,8 +2,8 @@
 
 Measures samples per second of one epoch after warm-up on synthetic data (rows x 64 float32
 features, 10 classes) with a (300, 100) MLP, for:
-  (a) mlpipe: the model from `models.build_model`, compiled by `training.compile_model`
-      (steps_per_execution auto), fed by `training.ShuffledBatches`, with TensorFlow's threads
+  (a) mlpipe: the model from `models.build_model`, compiled by `fit.compile_model`
+      (steps_per_execution auto), fed by `batches.ShuffledBatches`, with TensorFlow's threads
       set by `train.op_threads: auto` as the train stage sets them;
   (b) plain Keras: the same layers without preprocessing, `model.fit(numpy_x, numpy_y)`, with
       TensorFlow's default settings;
@@ -105,23 +105,16 @@ def mlpipe_core(params, frame, schema: Schema, seed: int):
     return models.split_model(models.build_model(params.model, schema, frame))
 
 
-def mlpipe_fit(model, params, schema: Schema, x, y, epochs: int, callbacks=()) -> None:
-    """Train as the train stage does: compile_model, then fit fed by ShuffledBatches."""
-    from mlpipe.training import loop
+def mlpipe_fit(model, params, schema: dict, x, y, epochs: int, callbacks=()) -> None:
+    """Train as the train stage does (compile_model, then fit on ShuffledBatches), without the
+    checkpoint, backup and loggers, whose cost is not the input path's."""
+    from mlpipe.training import batches, fit
 
-    steps = loop.steps(len(y), params.train.batch_size)
-    loop.compile_model(model, params.train, schema, steps)
-    batches = loop.ShuffledBatches(
-        (x, y), params.train.batch_size, 0, 0, epochs, model.steps_per_execution
-    )
-    model.fit(
-        batches.dataset,
-        epochs=epochs,
-        steps_per_epoch=batches.steps_per_epoch,
-        callbacks=[batches, *callbacks],
-        shuffle=False,
-        verbose=0,
-    )
+    batch_size = params.train.batch_size
+    rate = params.train.optimizer.learning_rate
+    fit.compile_model(model, params.train, schema, rate, batches.steps(len(y), batch_size))
+    shuffled = batches.ShuffledBatches((x, y), batch_size, 0, 0, epochs, model.steps_per_execution)
+    shuffled.fit(model, callbacks)
 
 
 def mlpipe_rates(rows: int, batches: list[int], epochs: int) -> dict:
@@ -202,9 +195,10 @@ def digits_accuracy(epochs: int, seeds: list[int]) -> dict:
             if path == "mlpipe":
                 mlpipe_fit(model, params, digits, x, y, epochs)
             else:
-                from mlpipe.training import loop
+                from mlpipe.training import batches, fit
 
-                loop.compile_model(model, params.train, digits, loop.steps(len(y), 32))
+                rate = params.train.optimizer.learning_rate
+                fit.compile_model(model, params.train, digits, rate, batches.steps(len(y), 32))
                 model.fit(np.asarray(x), y, batch_size=32, epochs=epochs, verbose=0)
             logs = model.evaluate(np.asarray(valid[0]), valid[1], verbose=0, return_dict=True)
             scores[path].append(round(float(logs["accuracy"]), 4))

@@ -8,13 +8,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mlpipe import dataset, features
+from mlpipe import dataset
 from mlpipe.evaluation.evaluate import evaluate
 from mlpipe.modeling import models
 from mlpipe.params import load_params
 from mlpipe.schema import split_path, write_prepared
 from mlpipe.serving import export
-from mlpipe.training import loop
+from mlpipe.training import fit
 from mlpipe.util import runtime
 
 
@@ -26,16 +26,13 @@ def main(repo: Path) -> None:
 
     runtime.seed_everything(params.seed)
     built = models.build_model(params.model, schema, splits["train"])
-    preprocessor, model = models.split_model(built)
-    xy = features.matrices(preprocessor, splits, schema)
-    steps = loop.steps(len(xy["train"][1]), params.train.batch_size)
-    loop.compile_model(model, params.train, schema, steps)
+    rate = params.train.optimizer.learning_rate
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        dirs = loop.RunDirs(out / "best.weights.h5", out / "tb", out / "live", out / "backup")
-        loop.fit(model, params.train, xy, dirs, params.seed, "plain")
-        model.load_weights(dirs.checkpoint)
-        best = models.compose(preprocessor, model)
+        dirs = fit.RunDirs.inside(out)
+        best, _ = fit.train(
+            built, params.train, splits, schema, dirs, seed=params.seed, learning_rate=rate
+        )
         models.save_model_folder(best, out / "model")
         scores, _ = evaluate(best, schema, splits, params.evaluate, params.train.loss_weights)
         print(scores)

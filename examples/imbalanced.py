@@ -16,7 +16,7 @@ from sklearn.metrics import balanced_accuracy_score, recall_score
 from mlpipe import dataset, features
 from mlpipe.modeling import models
 from mlpipe.params import parse_params
-from mlpipe.training import loop
+from mlpipe.training import fit
 from mlpipe.util import markdown, runtime
 
 
@@ -45,18 +45,15 @@ def train_and_score(frame: pd.DataFrame, class_weight, seed: int = 0) -> dict:
     )
     splits, schema = dataset.prepare(frame, None, params.data, seed)
     runtime.seed_everything(seed)
-    preprocessor, model = models.split_model(
-        models.build_model(params.model, schema, splits["train"])
-    )
-    xy = features.matrices(preprocessor, splits, schema)
-    steps = loop.steps(len(xy["train"][1]), params.train.batch_size)
-    loop.compile_model(model, params.train, schema, steps)
-    weights = loop.class_weights(params.train, schema, xy["train"][1])
+    built = models.build_model(params.model, schema, splits["train"])
+    rate = params.train.optimizer.learning_rate
     with tempfile.TemporaryDirectory() as tmp:
-        dirs = loop.RunDirs(*(Path(tmp, name) for name in ("best.weights.h5", "tb", "live", "bk")))
-        loop.fit(model, params.train, xy, dirs, seed, "demo", class_weight=weights)
-    x_test, y_test = xy["test"]
-    predicted = (model.predict(x_test, verbose=0)[:, 0] > 0.5).astype(int)
+        dirs = fit.RunDirs.inside(Path(tmp))
+        model, _ = fit.train(
+            built, params.train, splits, schema, dirs, seed=params.seed, learning_rate=rate
+        )
+    inputs, y_test = features.inputs_and_target(splits["test"], schema)
+    predicted = (features.predict(model, inputs, 256)[:, 0] > 0.5).astype(int)
     return {
         "minority_recall": recall_score(y_test, predicted, pos_label=1),
         "majority_recall": recall_score(y_test, predicted, pos_label=0),

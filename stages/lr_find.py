@@ -18,8 +18,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from mlpipe.params import learning_rate_record, load_params
-from mlpipe.schema import read_schema, read_splits
+from mlpipe.params import load_params
 from mlpipe.training import lr_find
 from mlpipe.util import files, stage
 
@@ -37,7 +36,6 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     optimizer = params.train.optimizer
-    cfg = params.lr_find
 
     if optimizer.learning_rate != "auto":
         note = (
@@ -48,50 +46,32 @@ def main() -> None:
         result, summary = None, {"learning_rate": optimizer.learning_rate, "range_test": False}
         png = lr_find.curve_png(None, summary, note)
     else:
-        from mlpipe import features
         from mlpipe.modeling import models
-        from mlpipe.training import loop
-        from mlpipe.util import runtime
+        from mlpipe.schema import read_schema, read_splits
 
-        # Data: the training split, as train sees it
+        # Inputs: the training split, and the untrained model (its weights are put back after)
         schema = read_schema(args.prepared)
         frame = read_splits(args.prepared, ("train",))["train"]
-        preprocessor, model = models.split_model(models.load_model_folder(args.untrained))
-        outputs = models.output_names(model)
-        loop.check_loss_weights(params.train.loss_weights, outputs)
-        x = features.to_numpy(features.transform(preprocessor, frame, schema))
-        y = features.encode_target(frame[schema.target], schema)
-        x, y = loop.label_outputs({"train": (x, y)}, outputs)["train"]
-        loss, loss_weights = loop.output_losses(params.train.loss_weights, schema, outputs)
+        untrained = models.load_model_folder(args.untrained)
 
-        # The range test, on a copy of the untrained MLP that is then thrown away
-        runtime.seed_everything(params.seed)
-        batch_size = params.train.batch_size
-        steps = lr_find.epoch_steps(len(frame), batch_size) if cfg.steps == "epoch" else cfg.steps
-        result = lr_find.range_test(
-            model,
-            x,
-            y,
-            optimizer=loop.build_optimizer(optimizer, cfg.min_lr),
-            loss=loss,
-            loss_weights=loss_weights,
-            min_lr=cfg.min_lr,
-            max_lr=cfg.max_lr,
-            steps=steps,
-            batch_size=batch_size,
+        result, summary = lr_find.find_learning_rate(
+            untrained,
+            params.lr_find,
+            frame,
+            schema,
+            optimizer=optimizer,
+            batch_size=params.train.batch_size,
+            loss_weights=params.train.loss_weights,
             seed=params.seed,
-            smoothing=cfg.smoothing,
-            stop_factor=cfg.stop_factor,
         )
-        summary = {**lr_find.summarize(result, cfg.rule), "range_test": True}
-        log.info("suggested learning rate %g (%s)", summary["learning_rate"], summary["rule"])
         png = lr_find.curve_png(result, summary)
 
     # Write: the record last, so that train never sees a rate without its curve
     files.write_text(args.curve, lr_find.curve_csv(result))
     files.write_bytes(args.png, png)
     files.write_json(args.metrics, summary)
-    files.write_json(args.record, learning_rate_record(optimizer, summary.get("learning_rate")))
+    record = lr_find.learning_rate_record(optimizer, summary.get("learning_rate"))
+    files.write_json(args.record, record)
 
 
 if __name__ == "__main__":

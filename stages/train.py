@@ -16,16 +16,15 @@ Params: seed, train.
 """
 
 import argparse
-import logging
 import os
-import shutil
 from pathlib import Path
 
-from mlpipe.params import load_params, resolve_learning_rate
+from mlpipe.params import load_params
 from mlpipe.schema import read_schema, read_splits
+from mlpipe.training import lr_find
 from mlpipe.util import files, stage
 
-log = logging.getLogger("mlpipe.train")
+SPLITS = ("train", "valid")
 
 
 def main() -> None:
@@ -40,69 +39,46 @@ def main() -> None:
         "--learning-rate", type=Path, required=True, help="the lr_find stage's record"
     )
     args = parser.parse_args()
-    # From here on the rate is a number, `auto` or not; the resume fingerprint hashes it too.
-    params = resolve_learning_rate(load_params(), args.learning_rate)
+    params = load_params()
+    # The number to train at, `auto` or not; the params stay as written.
+    learning_rate = lr_find.read_learning_rate(args.learning_rate, params.train.optimizer)
 
-    from mlpipe import features
     from mlpipe.modeling import models
-    from mlpipe.training import callbacks, loop
+    from mlpipe.training import fit
     from mlpipe.util import runtime
 
     runtime.set_op_threads(runtime.op_threads(params.train.op_threads, params.train.batch_size))
 
-    # Model, and the checks of params against it that Keras would only fail on mid-fit
+    # Inputs: the untrained model, seeded first (loading draws the seeds of its random layers)
     schema = read_schema(args.prepared)
     runtime.seed_everything(params.seed)
-    preprocessor, model = models.split_model(models.load_model_folder(args.untrained))
-    outputs = models.output_names(model)
-    loop.check_monitor(params.train, schema, outputs)
-    loop.check_loss_weights(params.train.loss_weights, outputs)
-    loop.check_weighting(params.train, schema, model)
-
-    # Data: features computed once per split, labels fed to every output
-    splits = read_splits(args.prepared, ("train", "valid"))
-    sample_weight = features.sample_weights(splits["train"], schema)
-    xy = features.matrices(preprocessor, splits, schema)
-    del splits  # the feature tensors are all training needs from here: free the tables
-    class_weight = loop.class_weights(params.train, schema, xy["train"][1])
-    steps_per_epoch = loop.steps(len(xy["train"][1]), params.train.batch_size)
-    xy = loop.label_outputs(xy, outputs)
-    loop.compile_model(model, params.train, schema, steps_per_epoch)
+    untrained = models.load_model_folder(args.untrained)
 
     # Train. The checkpoint and the backup live beside the outputs, where DVC does not delete
     # them before a rerun: an interrupted run resumes, and the model is replaced only on success.
     run_name = os.environ.get("DVC_EXP_NAME") or "workspace"
-    dirs = loop.RunDirs(
+    dirs = fit.RunDirs(
         checkpoint=args.model.with_name(f".{args.model.name}.checkpoint.weights.h5"),
         tensorboard=args.tensorboard / run_name,
         dvclive=args.dvclive,
         backup=args.model.with_name(f".{args.model.name}.backup"),
     )
     inputs = sorted(p for p in args.untrained.rglob("*") if p.is_file())
-    inputs += [args.prepared / f"{name}.parquet" for name in xy]
-    fingerprint = loop.fingerprint(params, inputs)
-    try:
-        summary = loop.fit(
-            model, params.train, xy, dirs, params.seed, fingerprint, sample_weight, class_weight
-        )
-    except callbacks.TrainingDiverged:
-        shutil.rmtree(dirs.backup, ignore_errors=True)
-        dirs.checkpoint.unlink(missing_ok=True)
-        raise
-    except KeyboardInterrupt:
-        log.warning("rerun to resume from the last completed epoch, kept in %s", dirs.backup)
-        raise
-    # The best epoch's network behind the unchanged preprocessing: one model from raw columns.
-    model.load_weights(dirs.checkpoint)
-    models.save_model_folder(models.compose(preprocessor, model), args.model)
-    dirs.checkpoint.unlink()
-    log.info(
-        "best epoch %d of %d: %s=%.4f",
-        summary["best_epoch"],
-        summary["epochs_run"],
-        summary["monitor"],
-        summary["best_monitor_value"],
+    inputs += [args.prepared / f"{name}.parquet" for name in SPLITS]
+    model, summary = fit.train(
+        untrained,
+        params.train,
+        # Not kept here, so that train frees the tables once it has their features.
+        read_splits(args.prepared, SPLITS),
+        schema,
+        dirs,
+        seed=params.seed,
+        learning_rate=learning_rate,
+        input_files=inputs,
     )
+
+    # Write
+    models.save_model_folder(model, args.model)
     files.write_json(args.metrics, summary)
 
 

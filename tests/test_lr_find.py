@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, stage_env, tiny_params
-from mlpipe.params import ParamsError, learning_rate_record, resolve_learning_rate
+from mlpipe.params import ParamsError
 from mlpipe.training import lr_find
-from mlpipe.training.lr_find import LRFindError
+from mlpipe.training.lr_find import LRFindError, learning_rate_record, read_learning_rate
 
 
 def test_smooth_is_a_bias_corrected_moving_average():
@@ -133,24 +133,23 @@ def test_curve_outputs_skip_non_finite_points_and_draw_a_png():
 
 
 def test_record_resolves_auto_and_refuses_a_stale_one(tmp_path):
-    auto = tiny_params(train={"optimizer": {"learning_rate": "auto"}})
-    fixed = tiny_params(train={"optimizer": {"learning_rate": 0.002}})
+    auto = tiny_params(train={"optimizer": {"learning_rate": "auto"}}).train.optimizer
+    fixed = tiny_params(train={"optimizer": {"learning_rate": 0.002}}).train.optimizer
     record = tmp_path / "learning_rate.json"
 
-    record.write_text(json.dumps(learning_rate_record(auto.train.optimizer, 0.0042)))
-    resolved = resolve_learning_rate(auto, record)
-    assert resolved.train.optimizer.learning_rate == 0.0042
-    assert resolved.model_dump(exclude={"train"}) == auto.model_dump(exclude={"train"})
+    record.write_text(json.dumps(learning_rate_record(auto, 0.0042)))
+    assert read_learning_rate(record, auto) == 0.0042
+    assert auto.learning_rate == "auto"  # the params stay as written
     with pytest.raises(ParamsError, match="out of date"):
-        resolve_learning_rate(fixed, record)
+        read_learning_rate(record, fixed)
 
-    record.write_text(json.dumps(learning_rate_record(fixed.train.optimizer, 0.0042)))
+    record.write_text(json.dumps(learning_rate_record(fixed, 0.0042)))
     assert json.loads(record.read_text())["learning_rate"] == 0.002  # the suggestion is ignored
-    assert resolve_learning_rate(fixed, record) == fixed
+    assert read_learning_rate(record, fixed) == 0.002
     with pytest.raises(ParamsError, match="out of date"):
-        resolve_learning_rate(auto, record)
+        read_learning_rate(record, auto)
     with pytest.raises(ParamsError, match="run the lr_find stage"):
-        resolve_learning_rate(fixed, tmp_path / "missing.json")
+        read_learning_rate(tmp_path / "missing.json", fixed)
 
 
 OUTPUTS = ("learning_rate.json", "lr_find.json", "lr_find.csv", "lr_find.png")

@@ -14,10 +14,10 @@ import tensorflow as tf
 from conftest import ROOT, run_stage, tiny_params, write_prepared
 from mlpipe import MlpipeError, dataset, features
 from mlpipe.modeling import models, networks
-from mlpipe.params import ParamsError, learning_rate_record, parse_params
+from mlpipe.params import ParamsError, parse_params
 from mlpipe.schema import Schema, read_schema, read_splits
 from mlpipe.serving import export, predict
-from mlpipe.training import loop, lr_find
+from mlpipe.training import fit, losses, lr_find
 from mlpipe.util import runtime
 from mlpipe.util.tables import read_table
 
@@ -71,20 +71,18 @@ def train_two_epochs(splits, schema, params, folder):
     """What the build and train stages do, in memory: the trained model and its test inputs."""
     runtime.seed_everything(params.seed)
     built = models.build_model(params.model, schema, splits["train"])
-    preprocessor, core = models.split_model(built)
-    outputs = models.output_names(core)
-    loop.check_monitor(params.train, schema, outputs)
-    loop.check_loss_weights(params.train.loss_weights, outputs)
-    xy = loop.label_outputs(features.matrices(preprocessor, splits, schema), outputs)
-    steps = loop.steps(loop.n_rows(xy["train"][0]), params.train.batch_size)
-    loop.compile_model(core, params.train, schema, steps)
-    dirs = loop.RunDirs(*(folder / n for n in ("best.weights.h5", "tb", "live", "backup")))
-    summary = loop.fit(core, params.train, xy, dirs, params.seed, "test")
+    rate = params.train.optimizer.learning_rate
+    dirs = fit.RunDirs.inside(folder)
+    model, summary = fit.train(
+        built, params.train, splits, schema, dirs, seed=params.seed, learning_rate=rate
+    )
     assert summary["epochs_run"] == 2
-    # Keras logs every value train.monitor may name, under the names it accepts.
-    assert set(loop.monitor_choices(schema, outputs)) <= set(core.history.history)
-    core.load_weights(dirs.checkpoint)
-    return models.compose(preprocessor, core), features.model_inputs(splits["test"], schema)
+    # Keras logs every value train.monitor may name, under the names it accepts (DVCLive files
+    # `val_<name>` as eval/<name>).
+    outputs = models.output_names(models.split_model(model)[1])
+    logged = {f"val_{p.stem}" for p in (folder / "live/plots/metrics/eval").glob("*.tsv")}
+    assert set(losses.monitor_choices(schema, outputs)) <= logged
+    return model, features.model_inputs(splits["test"], schema)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -154,8 +152,8 @@ def test_range_test_runs_on_two_outputs(housing):
     outputs = models.output_names(core)
     x = features.to_numpy(features.transform(preprocessor, splits["train"], schema))
     y = features.encode_target(splits["train"][schema.target], schema)
-    x, y = loop.label_outputs({"train": (x, y)}, outputs)["train"]
-    loss, loss_weights = loop.output_losses({"main": 0.9, "aux": 0.1}, schema, outputs)
+    x, y = losses.label_outputs({"train": (x, y)}, outputs)["train"]
+    loss, loss_weights = losses.output_losses({"main": 0.9, "aux": 0.1}, schema, outputs)
     assert loss == {"main": "mse", "aux": "mse"} and loss_weights == {"main": 0.9, "aux": 0.1}
     before = core.get_weights()
     result = lr_find.range_test(
@@ -283,22 +281,22 @@ def test_columns_of_the_paths_are_checked_against_the_data(housing):
 def test_loss_weights_and_monitor_must_name_outputs_the_model_has():
     regression = Schema(features=(), target="y", task="regression")
     with pytest.raises(MlpipeError, match=r"train\.loss_weights: `aux2` is not an output"):
-        loop.check_loss_weights({"main": 1.0, "aux2": 0.5}, ["main", "aux"])
+        losses.check_loss_weights({"main": 1.0, "aux2": 0.5}, ["main", "aux"])
     with pytest.raises(MlpipeError, match=r"model\.aux_output: true adds `aux`"):
-        loop.check_loss_weights({"aux": 0.1}, ["main"])
+        losses.check_loss_weights({"aux": 0.1}, ["main"])
     with pytest.raises(MlpipeError, match=r"this model has one \(`main`\)"):
-        loop.check_loss_weights({"main": 1.0}, ["main"])
+        losses.check_loss_weights({"main": 1.0}, ["main"])
     train = tiny_params(train={"monitor": "val_rmse"}).train
     with pytest.raises(MlpipeError, match="val_main_rmse"):
-        loop.check_monitor(train, regression, ["main", "aux"])
-    assert loop.monitor_mode("val_main_accuracy") == "max"
-    assert loop.monitor_mode("val_aux_loss") == "min"
+        losses.check_monitor(train, regression, ["main", "aux"])
+    assert losses.monitor_mode("val_main_accuracy") == "max"
+    assert losses.monitor_mode("val_aux_loss") == "min"
 
 
 def train_args(folder, params: dict) -> list[str]:
     """The train stage's arguments after the prepared folder, with the lr_find record it needs."""
     optimizer = parse_params(params).train.optimizer
-    (folder / "rate.json").write_text(json.dumps(learning_rate_record(optimizer, None)))
+    (folder / "rate.json").write_text(json.dumps(lr_find.learning_rate_record(optimizer, None)))
     args = ["untrained", "model", "train.json", "--dvclive", "live", "--tensorboard", "tb"]
     return [*args, "--learning-rate", "rate.json"]
 

@@ -18,8 +18,8 @@ import pytest
 
 from conftest import ROOT, stage_env, tiny_params, write_prepared
 from mlpipe.modeling import models
-from mlpipe.params import learning_rate_record
 from mlpipe.schema import read_schema, read_splits
+from mlpipe.training.lr_find import learning_rate_record
 from mlpipe.util import runtime
 
 EPOCHS = 40  # long enough that the run is still going when the signal arrives
@@ -87,13 +87,33 @@ def outcome(folder):
     return summary, curves, models.load_model_folder(folder / "model")
 
 
+# Each schedule's state must come back: the plateau's patience and lowered rate, the step
+# count that one_cycle's rate follows.
+SCHEDULES = {
+    "none": {},
+    "plateau": {
+        "lr_schedule": {"name": "plateau", "plateau": {"patience": 0}},
+        "optimizer": {"learning_rate": 0.01},  # high enough that the loss stalls early
+    },
+    "one_cycle": {"lr_schedule": {"name": "one_cycle"}},
+}
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, request):
-    prepared_dir = request.getfixturevalue("module_prepared")
-    folder = setup_run(tmp_path_factory.mktemp("runs") / "straight", prepared_dir)
-    result = train(folder, prepared_dir)
-    assert result.returncode == 0, result.stderr
-    return outcome(folder)
+def uninterrupted(tmp_path_factory, module_prepared):
+    """The outcome of an uninterrupted run under each schedule, run when first asked for."""
+    runs = {}
+
+    def run(schedule: str):
+        if schedule not in runs:
+            folder = tmp_path_factory.mktemp("runs") / "straight"
+            setup_run(folder, module_prepared, **SCHEDULES[schedule])
+            result = train(folder, module_prepared)
+            assert result.returncode == 0, result.stderr
+            runs[schedule] = outcome(folder)
+        return runs[schedule]
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +121,33 @@ def module_prepared(tmp_path_factory, digits):
     return write_prepared(tmp_path_factory.mktemp("prepared"), digits)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def kill_epoch(curves: dict) -> int:
+    """An epoch after which to stop a run: 3, or just after the rate has first changed."""
+    rates = curves["plots/metrics/train/learning_rate.tsv"]["learning_rate"]
+    changed = [epoch for epoch in range(1, EPOCHS) if rates[epoch] != rates[epoch - 1]]
+    assert not changed or changed[0] < EPOCHS - 5, "the rate changed too late to test resuming"
+    return max(3, changed[0] + 2) if changed else 3
+
+
+@pytest.mark.parametrize(
+    ("sig", "schedule"),
+    [
+        (signal.SIGKILL, "none"),
+        (signal.SIGINT, "none"),
+        (signal.SIGKILL, "plateau"),
+        (signal.SIGKILL, "one_cycle"),
+    ],
+    ids=["SIGKILL", "SIGINT", "SIGKILL-plateau", "SIGKILL-one_cycle"],
+)
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(
-    tmp_path, module_prepared, uninterrupted, sig
+    tmp_path, module_prepared, uninterrupted, sig, schedule
 ):
-    folder = setup_run(tmp_path / "run", module_prepared)
-    train_until(folder, module_prepared, epoch=3, sig=sig)
+    expected_summary, expected_curves, expected_model = uninterrupted(schedule)
+    if schedule == "plateau":
+        rates = expected_curves["plots/metrics/train/learning_rate.tsv"]["learning_rate"]
+        assert rates.iloc[-1] < rates.iloc[0], "the plateau schedule never lowered the rate"
+    folder = setup_run(tmp_path / "run", module_prepared, **SCHEDULES[schedule])
+    train_until(folder, module_prepared, epoch=kill_epoch(expected_curves), sig=sig)
     assert (folder / ".model.backup").is_dir()
     assert not (folder / "model").exists()
 
@@ -118,7 +159,6 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(
     assert not (folder / ".model.backup").exists()
 
     summary, curves, model = outcome(folder)
-    expected_summary, expected_curves, expected_model = uninterrupted
     assert summary == expected_summary and summary["epochs_run"] == EPOCHS
     assert curves.keys() == expected_curves.keys()
     for name, curve in curves.items():

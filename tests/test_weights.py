@@ -13,13 +13,13 @@ from mlpipe.features import sample_weights
 from mlpipe.modeling import models
 from mlpipe.params import DataParams
 from mlpipe.schema import Feature, Schema, read_schema
-from mlpipe.training import loop
+from mlpipe.training import losses
 
 CLASSES = Schema(features=(), task="classification", classes=("cat", "dog", "emu"), target="animal")
 
 
 def weights_for(setting, y, schema=CLASSES):
-    return loop.class_weights(tiny_params(train={"class_weight": setting}).train, schema, y)
+    return losses.class_weights(tiny_params(train={"class_weight": setting}).train, schema, y)
 
 
 def test_balanced_matches_scikit_learn():
@@ -50,7 +50,7 @@ def test_class_weight_with_sample_weights_or_several_outputs_is_refused_before_t
     schema = CLASSES.model_copy(update={"features": features, "weight_column": "w"})
     model = models.build_model(tiny_params().model, schema, frame)
     with pytest.raises(MlpipeError, match="Multiply each row's weight by its class's weight"):
-        loop.check_weighting(train, schema, model)
+        losses.check_weighting(train, schema, model)
     import keras
 
     inputs = keras.Input((3,))
@@ -58,8 +58,8 @@ def test_class_weight_with_sample_weights_or_several_outputs_is_refused_before_t
         inputs, [keras.layers.Dense(1)(inputs), keras.layers.Dense(1)(inputs)]
     )
     with pytest.raises(MlpipeError, match="several outputs"):
-        loop.check_weighting(train, schema.model_copy(update={"weight_column": None}), two_outputs)
-    loop.check_weighting(tiny_params().train, schema, two_outputs)
+        losses.check_weighting(train, {**schema, "weight_column": None}, two_outputs)
+    losses.check_weighting(tiny_params().train, schema, two_outputs)
 
 
 def test_weight_column_is_checked_and_never_a_feature():

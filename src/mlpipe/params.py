@@ -308,7 +308,7 @@ class TrainParams(Section):
     batch_size: int = Field(32, gt=0)
     steps_per_execution: Literal["auto"] | Annotated[int, Field(gt=0)] = Field(
         "auto",
-        description="Batches per call into TensorFlow; `auto`: up to 128, or 1 under one_cycle.",
+        description="Batches per call into TensorFlow; `auto`: up to 128.",
     )
     op_threads: Literal["auto"] | Annotated[int, Field(ge=0)] = Field(
         "auto",
@@ -331,15 +331,6 @@ class TrainParams(Section):
     optimizer: OptimizerParams = OptimizerParams()
     lr_schedule: LRScheduleParams = LRScheduleParams()
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
-
-    @model_validator(mode="after")
-    def _one_cycle_sets_the_rate_every_batch(self) -> TrainParams:
-        if self.lr_schedule.name == "one_cycle" and self.steps_per_execution not in ("auto", 1):
-            raise ValueError(
-                "one_cycle sets the learning rate before every batch: use steps_per_execution "
-                f"auto or 1, not {self.steps_per_execution}"
-            )
-        return self
 
 
 class LRFindParams(Section):
@@ -441,48 +432,6 @@ def params_hash(params: Params, sections: tuple[str, ...]) -> str:
     """SHA-256 of the given sections with defaults filled in, independent of key order."""
     dumped = params.model_dump(mode="json", include=set(sections))
     return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()
-
-
-def learning_rate_record(optimizer: OptimizerParams, suggestion: float | None) -> dict:
-    """What the lr_find stage hands to train: the rate to use, and whether a range test chose it.
-
-    With a number in params the record holds that number whatever lr_find's own params are, so
-    changing them leaves the record's bytes, and therefore training, untouched.
-    """
-    if optimizer.learning_rate == "auto":
-        if suggestion is None:
-            raise ValueError("learning_rate is auto: the record needs the range test's suggestion")
-        return {"learning_rate": suggestion, "source": "lr_find"}
-    return {"learning_rate": optimizer.learning_rate, "source": "params"}
-
-
-def resolve_learning_rate(params: Params, record_file: str | Path) -> Params:
-    """`params` with `train.optimizer.learning_rate` the number to train with, from the
-    lr_find stage's record.
-
-    A record that does not match the params (written before they changed) is an error, not a
-    silent fallback: training at a stale rate would look like a result.
-    """
-    try:
-        record = json.loads(Path(record_file).read_text())
-    except (OSError, ValueError) as err:
-        raise ParamsError(
-            f"{record_file}: cannot read the learning-rate record ({err}); run the lr_find stage "
-            "first (`dvc repro` does)"
-        ) from None
-    train = params.train
-    configured = train.optimizer.learning_rate
-    rate, source = record.get("learning_rate"), record.get("source")
-    expected = "lr_find" if configured == "auto" else "params"
-    if source != expected or (configured != "auto" and rate != configured):
-        raise ParamsError(
-            f"{record_file} holds learning rate {rate} from {source}, but params.yaml sets "
-            f"train.optimizer.learning_rate to {configured}: it is out of date. Run the lr_find "
-            "stage first (`dvc repro` does)."
-        )
-    optimizer = train.optimizer.model_copy(update={"learning_rate": float(rate)})
-    train = train.model_copy(update={"optimizer": optimizer})
-    return params.model_copy(update={"train": train})
 
 
 def _describe(error: dict) -> str:

@@ -1,14 +1,16 @@
-"""The project's own Keras callbacks: logging, a divergence guard and the one-cycle schedule."""
+"""The project's own Keras callbacks: logging, a divergence guard and an atomic checkpoint."""
 
 from __future__ import annotations
 
 import logging
-import math
+from pathlib import Path
 
 import keras
 import numpy as np
 
 from mlpipe import MlpipeError
+from mlpipe.training.losses import monitor_mode
+from mlpipe.util import files
 
 log = logging.getLogger("mlpipe.train")
 
@@ -68,35 +70,6 @@ class DivergenceGuard(keras.callbacks.Callback):
             )
 
 
-class OneCycle(keras.callbacks.Callback):
-    """One-cycle policy: cosine warm-up from peak/div_factor to the peak, then cosine decay.
-
-    The rate follows the optimizer's step counter, so it is set before every batch.
-    """
-
-    def __init__(self, peak, total_steps, warmup_fraction, div_factor, final_div_factor):
-        super().__init__()
-        self.peak = peak
-        self.start = peak / div_factor
-        self.end = self.start / final_div_factor
-        self.total_steps = max(int(total_steps), 1)
-        self.warmup_steps = max(round(warmup_fraction * self.total_steps), 1)
-
-    def rate(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return _cosine(self.start, self.peak, step / self.warmup_steps)
-        done = (step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1)
-        return _cosine(self.peak, self.end, min(done, 1.0))
-
-    def on_train_batch_begin(self, batch, logs=None):
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        self.model.optimizer.learning_rate = self.rate(step)
-
-
-def _cosine(start: float, end: float, fraction: float) -> float:
-    return end + (start - end) * (1 + math.cos(math.pi * fraction)) / 2
-
-
 class EpochLogger(keras.callbacks.Callback):
     """One log line per epoch, to stderr, instead of Keras's progress bars on stdout."""
 
@@ -107,3 +80,24 @@ class EpochLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         values = " ".join(f"{k}={v:.4g}" for k, v in (logs or {}).items())
         log.info("epoch %d/%d %s", epoch + 1, self.epochs, values)
+
+
+class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint of the weights (`.weights.h5`, whatever the model's API) that writes
+    through a temporary file, so a kill mid-save cannot leave a truncated file where the
+    previous best stood."""
+
+    def __init__(self, filepath: Path, monitor: str):
+        super().__init__(
+            filepath,
+            monitor=monitor,
+            mode=monitor_mode(monitor),
+            save_best_only=True,
+            save_weights_only=True,
+        )
+
+    def _save_model(self, epoch, batch, logs):
+        filepath = Path(self._get_file_path(epoch, batch, logs))
+        if self._should_save_model(epoch, batch, logs, str(filepath)):
+            with files.atomic_path(filepath, suffix=".weights.h5") as tmp:
+                self.model.save_weights(tmp)

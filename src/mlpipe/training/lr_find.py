@@ -1,24 +1,31 @@
 """The learning-rate range test: train briefly while the rate grows exponentially, record the
-loss of every batch, and suggest a rate below the one where the loss shoots up.
+loss of every batch, and suggest a rate below the one where the loss shoots up. Also the record
+the lr_find stage writes and the train stage reads: the rate to train at, and its source.
 
-Only `range_test` needs Keras, and imports it itself: the smoothing and the suggestion rules are
-NumPy, so that they are tested, and the lr_find stage skips the test, without loading TensorFlow.
+Only `find_learning_rate` and `range_test` need Keras, and import it themselves: the record,
+the smoothing and the suggestion rules are NumPy or plain Python, so that they are tested, and
+the lr_find stage skips the test, without loading TensorFlow.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mlpipe import MlpipeError
+from mlpipe.params import LRFindParams, OptimizerParams, ParamsError
+from mlpipe.schema import Schema
 
 if TYPE_CHECKING:
     import keras
+    import pandas as pd
 
 log = logging.getLogger("mlpipe.lr_find")
 
@@ -33,6 +40,97 @@ MIN_STEPS = 5
 
 class LRFindError(MlpipeError):
     """The range test's curve does not support a suggestion."""
+
+
+def learning_rate_record(optimizer: OptimizerParams, suggestion: float | None) -> dict:
+    """What the lr_find stage hands to train: the rate to use, and whether a range test chose it.
+
+    With a number in params the record holds that number whatever lr_find's own params are, so
+    changing them leaves the record's bytes, and therefore training, untouched.
+    """
+    if optimizer.learning_rate == "auto":
+        if suggestion is None:
+            raise ValueError("learning_rate is auto: the record needs the range test's suggestion")
+        return {"learning_rate": suggestion, "source": "lr_find"}
+    return {"learning_rate": optimizer.learning_rate, "source": "params"}
+
+
+def read_learning_rate(record_file: str | Path, optimizer: OptimizerParams) -> float:
+    """The rate to train at, from the lr_find stage's record, checked against
+    `train.optimizer.learning_rate` as the params say it.
+
+    A record that does not match the params (written before they changed) is an error, not a
+    silent fallback: training at a stale rate would look like a result.
+    """
+    try:
+        record = json.loads(Path(record_file).read_text())
+    except (OSError, ValueError) as err:
+        raise ParamsError(
+            f"{record_file}: cannot read the learning-rate record ({err}); run the lr_find stage "
+            "first (`dvc repro` does)"
+        ) from None
+    configured = optimizer.learning_rate
+    rate, source = record.get("learning_rate"), record.get("source")
+    expected = "lr_find" if configured == "auto" else "params"
+    if source != expected or (configured != "auto" and rate != configured):
+        raise ParamsError(
+            f"{record_file} holds learning rate {rate} from {source}, but params.yaml sets "
+            f"train.optimizer.learning_rate to {configured}: it is out of date. Run the lr_find "
+            "stage first (`dvc repro` does)."
+        )
+    return float(rate)
+
+
+def find_learning_rate(
+    model: keras.Model,
+    cfg: LRFindParams,
+    frame: pd.DataFrame,
+    schema: Schema,
+    *,
+    optimizer: OptimizerParams,
+    batch_size: int,
+    loss_weights: dict[str, float] | None,
+    seed: int,
+) -> tuple[dict, dict]:
+    """The range test by `cfg` (the lr_find section) of the untrained `model` (made by the build
+    stage) with the `optimizer` train uses, fed the training split `frame` in batches of
+    `batch_size` as train would feed it; the model is left as it was.
+
+    Returns the curve (`range_test`'s result) and the summary for metrics/lr_find.json.
+    """
+    from mlpipe import features
+    from mlpipe.modeling import models
+    from mlpipe.training import losses, optimizers
+    from mlpipe.util import runtime
+
+    preprocessor, network = models.split_model(model)
+    outputs = models.output_names(network)
+    losses.check_loss_weights(loss_weights, outputs)
+    x = features.to_numpy(features.transform(preprocessor, frame, schema))
+    y = features.encode_target(frame[schema.target], schema)
+    x, y = losses.label_outputs({"train": (x, y)}, outputs)["train"]
+    loss, output_weights = losses.output_losses(loss_weights, schema, outputs)
+
+    runtime.seed_everything(seed)
+    steps = epoch_steps(len(frame), batch_size) if cfg.steps == "epoch" else cfg.steps
+    result = range_test(
+        network,
+        x,
+        y,
+        optimizer=optimizers.build_optimizer(optimizer, cfg.min_lr),
+        loss=loss,
+        loss_weights=output_weights,
+        min_lr=cfg.min_lr,
+        max_lr=cfg.max_lr,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        smoothing=cfg.smoothing,
+        stop_factor=cfg.stop_factor,
+    )
+    summary = {**summarize(result, cfg.rule), "range_test": True}
+    log.info("suggested learning rate %g (%s)", summary["learning_rate"], summary["rule"])
+    return result, summary
 
 
 def rates(min_lr: float, max_lr: float, steps: int) -> np.ndarray:

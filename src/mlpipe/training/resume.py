@@ -85,6 +85,9 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs=None):
         """Restore weights, optimizer and epoch (Keras), then the steering callbacks' state.
 
+        The optimizer's variables include its step count and a plain rate (as the plateau
+        schedule lowered it), so the rate comes back with them under every schedule.
+
         Requires resume_epoch() to have been called, so that the data starts at that epoch too.
         """
         super().on_train_begin(logs)
@@ -100,7 +103,6 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             for callback in self.steering:
                 if isinstance(callback, keras.callbacks.EarlyStopping):
                     callback.best_weights = best
-        self.model.optimizer.learning_rate = state["learning_rate"]
 
     def _save_model(self):
         super()._save_model()
@@ -119,9 +121,6 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                 "fingerprint": self.fingerprint,
                 "weights_sha256": file_sha256(Path(self._weights_path)),
                 "best_weights": best_file,
-                "learning_rate": float(
-                    keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
-                ),
                 "callbacks": [_state_of(callback) for callback in self.steering],
             },
         )
