@@ -38,7 +38,7 @@ def main(repo: Path) -> None:
         models.save_model_folder(best, out / "model")
         inputs, y_test = dataset.inputs_and_target(splits["test"], schema)
         raw = features.predict(best, inputs, params.evaluate.batch_size)
-        print(metrics.score(schema, y_test, raw))
+        print(metrics.score(schema, y_test, raw))  # type: ignore[arg-type]  # one output
         (out / "export").mkdir()
         export.write_formats(best, params.export, out / "export")
 

@@ -55,7 +55,10 @@ def main() -> None:
     if isinstance(outputs["test"], dict):
         for name in SPLITS:
             split_scores[name] |= metrics.output_scores(
-                schema, y[name], outputs[name], params.train.loss_weights
+                schema,
+                y[name],
+                outputs[name],  # type: ignore[arg-type]  # a dict: the model has several outputs
+                params.train.loss_weights,
             )
     scores = metrics.by_split(split_scores)
     log.info("test: %s", " ".join(f"{k}={scores[k]}" for k in metrics.metric_names(schema["task"])))

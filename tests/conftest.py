@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from mlpipe.params import Params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = {
+TINY: dict[str, Any] = {
     "seed": 7,
     "model": {"hidden_units": [64]},
     "train": {"epochs": 4, "early_stopping": {"patience": 2}},

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 
 STAGES = {"prepare", "build", "lr_find", "train", "evaluate", "export"}
 # Small enough for seconds per stage, big enough that metrics are meaningful.
-TINY = {
+TINY: dict[str, dict] = {
     "model": {"hidden_units": [64]},
     "train": {"epochs": 4, "early_stopping": {"patience": 2}},
     "export": {"formats": ["keras"]},

@@ -66,6 +66,7 @@ def train_until(folder, prepared_dir, epoch: int, sig: int) -> None:
         # handler: give the stage the default disposition a terminal would.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+    assert process.stderr is not None
     for line in process.stderr:
         if f"epoch {epoch}/{EPOCHS} " in line:
             process.send_signal(sig)

@@ -372,7 +372,7 @@ def schema_changes(schema: dict, previous: dict) -> list[str]:
     """How the features differ from those a previous model was trained on."""
     now = {f["name"]: f["kind"] for f in schema["features"]}
     # Older metadata lists bare names; their kinds are unknown, so only names are compared.
-    before = {}
+    before: dict = {}
     for f in previous.get("features", []):
         name = f.get("name") if isinstance(f, dict) else str(f)
         before[name] = f.get("kind", now.get(name)) if isinstance(f, dict) else now.get(name)

@@ -12,6 +12,7 @@ import json
 import re
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -485,7 +486,7 @@ def resolve_learning_rate(params: Params, record_file: str | Path) -> Params:
     return params.model_copy(update={"train": train})
 
 
-def _describe(error: dict) -> str:
+def _describe(error: Mapping[str, Any]) -> str:
     # Drop the tags pydantic adds for union members (`literal['x']`, `constrained-float`).
     loc = tuple(part for part in error["loc"] if not _UNION_TAG.match(str(part)))
     path = _format_path(loc)

@@ -7,6 +7,7 @@ import logging
 import platform
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -36,7 +37,7 @@ LIBRARIES = ("tensorflow", "keras", "numpy", "pandas", "scikit-learn", "dvc")
 def git_commit(cwd: Path | None = None) -> str | None:
     """HEAD's commit, suffixed `-dirty` when tracked files differ from it; None outside git."""
     try:
-        run = dict(cwd=cwd, capture_output=True, text=True, check=True)
+        run: dict[str, Any] = dict(cwd=cwd, capture_output=True, text=True, check=True)
         commit = subprocess.run(["git", "rev-parse", "HEAD"], **run).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], **run).stdout.strip()
     except (OSError, subprocess.CalledProcessError):

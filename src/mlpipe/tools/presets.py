@@ -100,7 +100,7 @@ def committed(params_file: str | Path, ref: str = "HEAD") -> dict | None:
     """`params_file` as committed at `ref`, or None outside git or where it is not committed."""
     path = Path(params_file).resolve()
     try:
-        run = dict(cwd=path.parent, capture_output=True, text=True, check=True)
+        run: dict[str, Any] = dict(cwd=path.parent, capture_output=True, text=True, check=True)
         root = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], **run).stdout.strip())
         name = path.relative_to(root).as_posix()
         text = subprocess.run(["git", "show", f"{ref}:{name}"], **run).stdout

@@ -16,7 +16,7 @@ import math
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +69,7 @@ class Distribution(_Spec):
             return int(rng.integers(self.randint[0], self.randint[1] + 1))
         if self.uniform is not None:
             return _round(rng.uniform(*self.uniform))
-        low, high = np.log(self.loguniform)
+        low, high = np.log(self.loguniform)  # type: ignore[arg-type]  # the one bound given
         return _round(math.exp(rng.uniform(low, high)))
 
 
@@ -113,7 +113,7 @@ def load_spec(path: str | Path) -> SweepSpec:
 def expand(spec: SweepSpec) -> list[dict[str, Any]]:
     """Every trial as {dotted param: value}, in a fixed order: grid, then trials, then draws."""
     grid = [dict(zip(spec.grid, values, strict=True)) for values in product(spec.grid.values())]
-    draws = [{}]
+    draws: list[dict[str, Any]] = [{}]
     if spec.random is not None:
         rng = np.random.default_rng(spec.random.seed)
         draws = [
@@ -133,7 +133,7 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
     return trials
 
 
-def product(values: Sequence[list[Any]]) -> list[tuple]:
+def product(values: Collection[list[Any]]) -> list[tuple]:
     return list(itertools.product(*values)) if values else [()]
 
 

@@ -323,7 +323,7 @@ class ShuffledBatches(keras.callbacks.Callback):
         self.epoch = tf.Variable(first_epoch, dtype=tf.int64, trainable=False)
         if batches % steps_per_execution == 0:
             numbers = tf.data.Dataset.range(first_epoch, epochs)
-            self.steps_per_epoch = batches
+            self.steps_per_epoch: int | None = batches
         else:
             numbers = tf.data.Dataset.range(1).map(lambda _: self.epoch.read_value())
             self.steps_per_epoch = None
@@ -390,7 +390,7 @@ def trim_dvclive(live_dir: Path, epochs_kept: int) -> None:
 def fit(
     model: keras.Model,
     train: TrainParams,
-    data: dict[str, tuple[np.ndarray, np.ndarray]],
+    data: dict[str, tuple],
     dirs: RunDirs,
     seed: int,
     fingerprint: str,
