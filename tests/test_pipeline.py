@@ -17,7 +17,7 @@ import yaml
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 STAGES = {"prepare", "build", "lr_find", "train", "evaluate", "export"}
 # Small enough for seconds per stage, big enough that metrics are meaningful.

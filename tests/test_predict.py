@@ -15,6 +15,9 @@ from mlpipe.modeling import models
 from mlpipe.serving import export, predict
 from mlpipe.util.tables import DataError
 
+# Every test but one reads what the stages wrote, run as subprocesses on the churn CSV.
+pytestmark = pytest.mark.slow
+
 STAGES = [
     ("prepare", ["prepared"]),
     ("build", ["prepared", "untrained", "summary.txt"]),

@@ -111,6 +111,7 @@ def test_target_encoding_rejects_unseen_labels():
         dataset.encode_target(pd.Series(["a", "c"]), schema)
 
 
+@pytest.mark.slow
 def test_stage_writes_splits_and_schema_without_importing_tensorflow(tmp_path):
     (tmp_path / "params.yaml").write_text("seed: 3\n")
     probe = (
@@ -135,6 +136,7 @@ def test_stage_writes_splits_and_schema_without_importing_tensorflow(tmp_path):
     assert len(pd.read_parquet(out / "test.parquet")) == 360
 
 
+@pytest.mark.slow
 def test_stage_error_names_the_column_and_keeps_previous_outputs(tmp_path):
     (tmp_path / "params.yaml").write_text("seed: 3\n")
     assert run_stage("prepare", "out", cwd=tmp_path).returncode == 0
@@ -270,6 +272,7 @@ def good_outputs(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_file_fails_naming_the_problem_and_keeps_previous_outputs(tmp_path, good_outputs, case):
     text, settings, message = BAD_INPUTS[case]
@@ -292,6 +295,7 @@ def test_bad_file_fails_naming_the_problem_and_keeps_previous_outputs(tmp_path, 
     ]
 
 
+@pytest.mark.slow
 def test_suspicious_data_is_warned_about_not_refused(tmp_path):
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(

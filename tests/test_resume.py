@@ -102,6 +102,7 @@ def module_prepared(tmp_path_factory, digits):
     return write_prepared(tmp_path_factory.mktemp("prepared"), digits)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(
     tmp_path, module_prepared, uninterrupted, sig
@@ -129,6 +130,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(
         np.testing.assert_array_equal(weights, expected)
 
 
+@pytest.mark.slow
 def test_backup_of_another_configuration_is_not_resumed(tmp_path, module_prepared):
     folder = setup_run(tmp_path / "run", module_prepared)
     train_until(folder, module_prepared, epoch=2, sig=signal.SIGKILL)
@@ -145,6 +147,7 @@ def test_backup_of_another_configuration_is_not_resumed(tmp_path, module_prepare
     assert f"epoch 1/{EPOCHS} " in result.stderr
 
 
+@pytest.mark.slow
 def test_kill_during_save_keeps_the_previous_model(tmp_path):
     """A real SIGKILL halfway through writing the zip of a `.keras` file."""
     script = f"""
