@@ -1,4 +1,5 @@
 # The front door: `make repro` runs the pipeline, `make test` checks it. Both build .venv first.
+# `make test-fast` is the edit loop: the tests not marked slow, without lint.
 .DEFAULT_GOAL := help
 PYTHON ?= python3
 VENV := .venv
@@ -17,8 +18,8 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 SPEC ?= sweeps/learning_rate.yaml
 JOBS ?= 1
 
-.PHONY: help venv repro example examples report readme-results test lint format dag bench sweep
-.PHONY: clean
+.PHONY: help venv repro example examples report readme-results test test-fast lint format lock
+.PHONY: hooks dag bench sweep clean
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
@@ -44,16 +45,31 @@ report: venv ## report.md: params, metrics and plots changed against BASE (defau
 readme-results: venv ## rewrite the README's results section from metrics/
 	$(BIN)/mlpipe readme-results
 
-test: venv lint ## lint, then run the test suite
+test: venv lint ## lint, then run the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -n auto
 
-lint: venv ## ruff lint and format check
+test-fast: venv ## the tests not marked slow (no stage subprocesses, no long training)
+	$(BIN)/python -m pytest -n auto -m "not slow"
+
+lint: venv ## ruff lint and format check, import contracts (import-linter), types (mypy)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	PYTHONPATH=src $(BIN)/lint-imports
+	$(BIN)/mypy
 
 format: venv ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Pins every package, runtime and dev tools, for Linux x86_64 and Python 3.11 (what CI runs).
+# Existing pins are kept; to move one: make lock LOCK_ARGS="--upgrade-package NAME".
+lock: venv ## regenerate requirements.txt from pyproject.toml, keeping the current pins
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+		--python-platform x86_64-unknown-linux-gnu --annotation-style line \
+		--custom-compile-command "make lock" --quiet $(LOCK_ARGS) -o requirements.txt
+
+hooks: venv ## run `make lint`'s checks on every git commit (pre-commit)
+	$(BIN)/pre-commit install
 
 bench: venv ## training throughput against Keras fit and scikit-learn (bench/results.md)
 	$(BIN)/python bench/bench.py

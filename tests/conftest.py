@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from mlpipe.schema import write_prepared as write_splits_and_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = {
+TINY: dict[str, Any] = {
     "seed": 7,
     "model": {"hidden_units": [64]},
     "train": {"epochs": 4, "early_stopping": {"patience": 2}},

@@ -86,7 +86,8 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_absurd_but_legal_learning_rate_is_accepted():
-    assert parse_params({"train": {"optimizer": {"learning_rate": 1e6}}}).train.optimizer.name
+    params = parse_params({"train": {"optimizer": {"learning_rate": 1e6}}})
+    assert params.train.optimizer.learning_rate == 1e6
 
 
 def test_params_are_frozen():
@@ -118,7 +119,8 @@ def test_load_params_reports_missing_file_and_bad_yaml(tmp_path):
 
 
 def test_learning_rate_is_a_positive_number_or_auto():
-    assert parse_params({"train": {"optimizer": {"learning_rate": "auto"}}}).train.optimizer
+    params = parse_params({"train": {"optimizer": {"learning_rate": "auto"}}})
+    assert params.train.optimizer.learning_rate == "auto"
     message = error_of({"train": {"optimizer": {"learning_rate": "autox"}}})
     assert "`train.optimizer.learning_rate`: Input should be 'auto'" in message
     assert "constrained" not in message

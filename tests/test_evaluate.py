@@ -132,6 +132,7 @@ def write_params(folder, **evaluate):
     (folder / "params.yaml").write_text(json.dumps(params.model_dump(mode="json")))
 
 
+@pytest.mark.slow
 def test_stage_writes_metrics_and_plots_then_gate_fails(prepared_dir, stage_dir):
     # An untrained model cannot reach 0.99 accuracy: the gate fails, after writing everything.
     write_params(stage_dir, thresholds={"accuracy": 0.99, "log_loss": 100.0})
@@ -171,6 +172,7 @@ def test_stage_writes_metrics_and_plots_then_gate_fails(prepared_dir, stage_dir)
     }
 
 
+@pytest.mark.slow
 def test_stage_rejects_an_unknown_threshold_before_scoring(prepared_dir, stage_dir):
     write_params(stage_dir, thresholds={"rmse": 0.5})
     args = [str(prepared_dir), "missing", "evaluate.json", "plots"]

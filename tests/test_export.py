@@ -30,6 +30,7 @@ def exported(prepared_dir, tmp_path):
     return model, out, schema, inputs, meta
 
 
+@pytest.mark.slow
 def test_every_format_predicts_like_the_model_in_memory(exported):
     model, out, _, inputs, _ = exported
     expected = features.predict(model, inputs, 32)

@@ -99,6 +99,7 @@ def run_linear(x, y, **settings):
     return result
 
 
+@pytest.mark.slow
 def test_suggestion_for_sgd_on_linear_regression_is_below_the_divergence_bound():
     x, y, bound = linear_regression()
     result = run_linear(x, y)
@@ -167,6 +168,7 @@ def run_lr_find(tmp_path, prepared_dir, untrained, pythonpath=(), **sections):
     return {name: (tmp_path / name).read_bytes() for name in OUTPUTS}
 
 
+@pytest.mark.slow
 def test_stage_with_a_number_skips_the_test_without_tensorflow(tmp_path, prepared_dir):
     # A `tensorflow` that cannot be imported proves the stage never loads it.
     fake = tmp_path / "fake"
@@ -181,6 +183,7 @@ def test_stage_with_a_number_skips_the_test_without_tensorflow(tmp_path, prepare
     assert run_lr_find(tmp_path, prepared_dir, untrained, [fake], lr_find=changed) == first
 
 
+@pytest.mark.slow
 def test_stage_with_auto_records_its_suggestion_reproducibly(tmp_path, prepared_dir, digits):
     from mlpipe.modeling import models
 

@@ -85,6 +85,7 @@ def train_two_epochs(splits, schema, params, folder):
     return model, features.model_inputs(splits["test"], schema)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_each_api_trains_saves_reloads_and_predicts_identically(case, housing, digits, tmp_path):
     data, model_params, train_params = CASES[case]
@@ -195,6 +196,7 @@ def test_each_path_has_its_own_input_and_encoding(housing):
     assert sorted(t.name for t in core.inputs) == ["deep", "wide"]
 
 
+@pytest.mark.slow
 def test_subclass_weights_round_trip_without_the_optimizer(housing, tmp_path):
     splits, schema = housing
     params = case_params({"api": "subclass", "residual_blocks": 3, "aux_output": True}, {})
@@ -223,6 +225,7 @@ def test_subclass_weights_round_trip_without_the_optimizer(housing, tmp_path):
         models.load_model_folder(tmp_path)
 
 
+@pytest.mark.slow
 def test_evaluation_lists_every_output(housing, tmp_path):
     splits, schema = housing
     prepared = write_prepared(tmp_path / "prepared", housing)
@@ -306,6 +309,7 @@ def housing_dir(tmp_path_factory, housing):
     return write_prepared(tmp_path_factory.mktemp("housing"), housing)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "train", "message"),
     [
@@ -340,6 +344,7 @@ def test_wrong_configurations_fail_before_training_naming_the_key(
     assert "epoch 1/" not in result.stderr and not (tmp_path / "model").exists()
 
 
+@pytest.mark.slow
 def test_class_weight_with_several_outputs_fails_before_training(prepared_dir, tmp_path):
     params = tiny_params(
         model={"hidden_units": [8], "api": "functional", "aux_output": True},

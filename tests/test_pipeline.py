@@ -17,11 +17,11 @@ import yaml
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 STAGES = {"prepare", "build", "lr_find", "train", "evaluate", "export"}
 # Small enough for seconds per stage, big enough that metrics are meaningful.
-TINY = {
+TINY: dict[str, dict] = {
     "model": {"hidden_units": [64]},
     "train": {"epochs": 4, "early_stopping": {"patience": 2}},
     "export": {"formats": ["keras"]},

@@ -17,6 +17,9 @@ from mlpipe.serving import export, predict
 from mlpipe.serving.metadata import ExportMetadata
 from mlpipe.util.tables import DataError
 
+# Every test but one reads what the stages wrote, run as subprocesses on the churn CSV.
+pytestmark = pytest.mark.slow
+
 STAGES = [
     ("prepare", ["prepared"]),
     ("build", ["prepared", "untrained", "summary.txt"]),

@@ -106,6 +106,7 @@ def test_unknown_dataset_lists_choices():
         dataset.load_source(DataParams.model_construct(source="sklearn:mnist"))
 
 
+@pytest.mark.slow
 def test_stage_writes_splits_and_schema_without_importing_tensorflow(tmp_path):
     (tmp_path / "params.yaml").write_text("seed: 3\n")
     probe = (
@@ -130,6 +131,7 @@ def test_stage_writes_splits_and_schema_without_importing_tensorflow(tmp_path):
     assert len(pd.read_parquet(out / "test.parquet")) == 360
 
 
+@pytest.mark.slow
 def test_stage_error_names_the_column_and_keeps_previous_outputs(tmp_path):
     (tmp_path / "params.yaml").write_text("seed: 3\n")
     assert run_stage("prepare", "out", cwd=tmp_path).returncode == 0
@@ -301,6 +303,7 @@ def good_outputs(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_file_fails_naming_the_problem_and_keeps_previous_outputs(tmp_path, good_outputs, case):
     text, settings, message = BAD_INPUTS[case]
@@ -342,6 +345,7 @@ def exported_metadata(kinds: dict[str, str], target: str) -> str:
     ).model_dump_json()
 
 
+@pytest.mark.slow
 def test_suspicious_data_is_warned_about_not_refused(tmp_path):
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(

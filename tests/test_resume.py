@@ -66,6 +66,7 @@ def train_until(folder, prepared_dir, epoch: int, sig: int) -> None:
         # handler: give the stage the default disposition a terminal would.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+    assert process.stderr is not None
     for line in process.stderr:
         if f"epoch {epoch}/{EPOCHS} " in line:
             process.send_signal(sig)
@@ -139,6 +140,7 @@ def kill_epoch(curves: dict) -> int:
     ],
     ids=["SIGKILL", "SIGINT", "SIGKILL-plateau", "SIGKILL-one_cycle"],
 )
+@pytest.mark.slow
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(
     tmp_path, module_prepared, uninterrupted, sig, schedule
 ):
@@ -168,6 +170,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(
         np.testing.assert_array_equal(weights, expected)
 
 
+@pytest.mark.slow
 def test_backup_of_another_configuration_is_not_resumed(tmp_path, module_prepared):
     folder = setup_run(tmp_path / "run", module_prepared)
     train_until(folder, module_prepared, epoch=2, sig=signal.SIGKILL)
@@ -184,6 +187,7 @@ def test_backup_of_another_configuration_is_not_resumed(tmp_path, module_prepare
     assert f"epoch 1/{EPOCHS} " in result.stderr
 
 
+@pytest.mark.slow
 def test_kill_during_save_keeps_the_previous_model(tmp_path):
     """A real SIGKILL halfway through writing the zip of a `.keras` file."""
     script = f"""

@@ -185,6 +185,7 @@ def test_sweep_refuses_to_clash_with_other_experiments(tmp_path):
         sweep.run_sweep(path, params_file=ROOT / "params.yaml", run=runner_with(foreign))
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_two_by_two_sweep_yields_four_ranked_experiments(tmp_path):
     from test_pipeline import TINY, run

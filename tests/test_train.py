@@ -58,6 +58,7 @@ def test_early_stopping_ends_the_run(digits, tmp_path):
     assert summary["best_epoch"] == 1
 
 
+@pytest.mark.slow
 def test_same_seed_trains_identically(digits, tmp_path):
     first = fit_tiny(digits, tmp_path / "a")[1]
     second = fit_tiny(digits, tmp_path / "b")[1]
@@ -102,6 +103,7 @@ def test_binary_and_regression_losses():
     assert loss == "mse" and [m.name for m in metrics] == ["rmse", "mae"]
 
 
+@pytest.mark.slow
 def test_stage_replaces_model_only_when_training_succeeds(prepared_dir, tmp_path):
     (tmp_path / "params.yaml").write_text(json.dumps({**tiny_params().model_dump(mode="json")}))
     untrained = tmp_path / "untrained"
@@ -252,6 +254,7 @@ def learning_curves(digits, folder, **train) -> tuple[pd.Series, pd.Series]:
     return rate["learning_rate"], loss["loss"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["none", "one_cycle"])
 def test_steps_per_execution_does_not_change_what_is_learned(digits, tmp_path, schedule):
     # 40 batches per epoch: groups of 7 leave a group of 5 at the end of each epoch, which

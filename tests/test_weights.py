@@ -78,6 +78,7 @@ def test_weight_column_is_checked_and_never_a_feature():
         dataset.check_weight_column(frame, DataParams(weight_column="weight"), "y")
 
 
+@pytest.mark.slow
 def test_prepare_stage_leaves_the_weight_column_out_of_the_features(tmp_path):
     (tmp_path / "params.yaml").write_text("data:\n  weight_column: pixel_0_1\n")
     assert run_stage("prepare", "out", cwd=tmp_path).returncode == 0
@@ -86,6 +87,7 @@ def test_prepare_stage_leaves_the_weight_column_out_of_the_features(tmp_path):
     assert "pixel_0_1" not in schema.feature_names and len(schema.features) == 63
 
 
+@pytest.mark.slow
 def test_balanced_class_weight_raises_minority_recall():
     spec = importlib.util.spec_from_file_location("imbalanced", ROOT / "examples/imbalanced.py")
     demo = importlib.util.module_from_spec(spec)

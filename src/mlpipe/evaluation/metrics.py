@@ -82,7 +82,7 @@ def classification_metrics(
             f"recall_{average}": recall,
             f"f1_{average}": f1,
         }
-    scores = {key: _rounded(value) for key, value in values.items()}
+    scores: dict = {key: _rounded(value) for key, value in values.items()}
     if classes is not None:
         scores["per_class"] = per_class_table(y_true, y_pred, classes)
     return scores

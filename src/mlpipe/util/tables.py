@@ -187,7 +187,7 @@ def _sniff_delimiter(sample: str) -> str:
 
 def _check_unique(path: Path, names: list[str]) -> None:
     seen: set[str] = set()
-    duplicates = sorted({name for name in names if name in seen or seen.add(name)})
+    duplicates = sorted({name for name in names if name in seen or seen.add(name)})  # type: ignore[func-returns-value]
     if duplicates:
         raise DataError(
             f"{path}: duplicate column names {duplicates}; rename them so each column has one name"
