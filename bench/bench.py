@@ -105,7 +105,7 @@ def mlpipe_core(params, frame, schema: Schema, seed: int):
     return models.split_model(models.build_model(params.model, schema, frame))
 
 
-def mlpipe_fit(model, params, schema: dict, x, y, epochs: int, callbacks=()) -> None:
+def mlpipe_fit(model, params, schema: Schema, x, y, epochs: int, callbacks=()) -> None:
     """Train as the train stage does (compile_model, then fit on ShuffledBatches), without the
     checkpoint, backup and loggers, whose cost is not the input path's."""
     from mlpipe.training import batches, fit

@@ -26,7 +26,7 @@ def main(repo: Path) -> None:
 
     runtime.seed_everything(params.seed)
     built = models.build_model(params.model, schema, splits["train"])
-    rate = params.train.optimizer.learning_rate
+    rate = float(params.train.optimizer.learning_rate)  # a number in these params
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         dirs = fit.RunDirs.inside(out)

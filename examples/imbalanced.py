@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from sklearn.datasets import make_classification
 from sklearn.metrics import balanced_accuracy_score, recall_score
@@ -46,14 +47,14 @@ def train_and_score(frame: pd.DataFrame, class_weight, seed: int = 0) -> dict:
     splits, schema = dataset.prepare(frame, None, params.data, seed)
     runtime.seed_everything(seed)
     built = models.build_model(params.model, schema, splits["train"])
-    rate = params.train.optimizer.learning_rate
+    rate = float(params.train.optimizer.learning_rate)  # a number in these params
     with tempfile.TemporaryDirectory() as tmp:
         dirs = fit.RunDirs.inside(Path(tmp))
         model, _ = fit.train(
             built, params.train, splits, schema, dirs, seed=params.seed, learning_rate=rate
         )
     inputs, y_test = features.inputs_and_target(splits["test"], schema)
-    predicted = (features.predict(model, inputs, 256)[:, 0] > 0.5).astype(int)
+    predicted = (np.asarray(features.predict(model, inputs, 256))[:, 0] > 0.5).astype(int)
     return {
         "minority_recall": recall_score(y_test, predicted, pos_label=1),
         "majority_recall": recall_score(y_test, predicted, pos_label=0),

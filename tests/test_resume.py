@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+from typing import Any
 
 import keras
 import numpy as np
@@ -90,7 +91,7 @@ def outcome(folder):
 
 # Each schedule's state must come back: the plateau's patience and lowered rate, the step
 # count that one_cycle's rate follows.
-SCHEDULES = {
+SCHEDULES: dict[str, dict[str, Any]] = {
     "none": {},
     "plateau": {
         "lr_schedule": {"name": "plateau", "plateau": {"patience": 0}},
@@ -193,6 +194,8 @@ def test_kill_during_save_keeps_the_previous_model(tmp_path):
     script = f"""
 import os, signal, sys, zipfile
 import numpy as np
+from typing import Any
+
 import keras
 sys.path.insert(0, {str(ROOT / "src")!r})
 from mlpipe.modeling.models import save_model

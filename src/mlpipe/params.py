@@ -12,6 +12,7 @@ import json
 import re
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -434,7 +435,7 @@ def params_hash(params: Params, sections: tuple[str, ...]) -> str:
     return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()
 
 
-def _describe(error: dict) -> str:
+def _describe(error: Mapping[str, Any]) -> str:
     # Drop the tags pydantic adds for union members (`literal['x']`, `constrained-float`).
     loc = tuple(part for part in error["loc"] if not _UNION_TAG.match(str(part)))
     path = _format_path(loc)

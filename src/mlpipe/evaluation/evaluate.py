@@ -47,11 +47,9 @@ def evaluate(
     raw = {name: main_output(output) for name, output in outputs.items()}
 
     split_scores = {name: metrics.score(schema, y[name], raw[name]) for name in SPLITS}
-    if isinstance(outputs["test"], dict):
-        for name in SPLITS:
-            split_scores[name] |= metrics.output_scores(
-                schema, y[name], outputs[name], loss_weights
-            )
+    for name, output in outputs.items():
+        if isinstance(output, dict):  # several outputs: each one's scores too
+            split_scores[name] |= metrics.output_scores(schema, y[name], output, loss_weights)
     scores = metrics.by_split(split_scores)
     log.info("test: %s", " ".join(f"{k}={scores[k]}" for k in metrics.metric_names(schema.task)))
     if params.baselines:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,8 @@ class Distribution(_Spec):
             return int(rng.integers(self.randint[0], self.randint[1] + 1))
         if self.uniform is not None:
             return _round(rng.uniform(*self.uniform))
-        low, high = np.log(self.loguniform)
+        assert self.loguniform is not None  # one of the four is set: the model checks it
+        low, high = (math.log(bound) for bound in self.loguniform)
         return _round(math.exp(rng.uniform(low, high)))
 
 
@@ -99,7 +100,7 @@ def load_spec(path: str | Path) -> SweepSpec:
 def expand(spec: SweepSpec) -> list[dict[str, Any]]:
     """Every trial as {dotted param: value}, in a fixed order: grid, then trials, then draws."""
     grid = [dict(zip(spec.grid, values, strict=True)) for values in product(spec.grid.values())]
-    draws = [{}]
+    draws: list[dict[str, Any]] = [{}]
     if spec.random is not None:
         rng = np.random.default_rng(spec.random.seed)
         draws = [
@@ -119,7 +120,7 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
     return trials
 
 
-def product(values: Sequence[list[Any]]) -> list[tuple]:
+def product(values: Collection[list[Any]]) -> list[tuple]:
     return list(itertools.product(*values)) if values else [()]
 
 

@@ -59,7 +59,7 @@ class ShuffledBatches(keras.callbacks.Callback):
         self.epoch = tf.Variable(first_epoch, dtype=tf.int64, trainable=False)
         if batches % steps_per_execution == 0:
             numbers = tf.data.Dataset.range(first_epoch, epochs)
-            self.steps_per_epoch = batches
+            self.steps_per_epoch: int | None = batches
         else:
             numbers = tf.data.Dataset.range(1).map(lambda _: self.epoch.read_value())
             self.steps_per_epoch = None

@@ -166,7 +166,7 @@ def trim_dvclive(live_dir: Path, epochs_kept: int) -> None:
 def fit_network(
     model: keras.Model,
     train: TrainParams,
-    data: dict[str, tuple[np.ndarray, np.ndarray]],
+    data: dict[str, tuple],
     dirs: RunDirs,
     seed: int,
     fingerprint: str,

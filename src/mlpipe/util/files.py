@@ -38,11 +38,11 @@ def atomic_path(path: str | Path, *, suffix: str = ".tmp", folder: bool = False)
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    where = {"dir": path.parent, "prefix": f".{path.name}.", "suffix": suffix}
+    prefix = f".{path.name}."
     if folder:
-        tmp = Path(tempfile.mkdtemp(**where))
+        tmp = Path(tempfile.mkdtemp(suffix, prefix, path.parent))
     else:
-        fd, name = tempfile.mkstemp(**where)
+        fd, name = tempfile.mkstemp(suffix, prefix, path.parent)
         os.close(fd)
         tmp = Path(name)
     try:
