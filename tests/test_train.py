@@ -96,10 +96,9 @@ def test_monitor_must_exist_for_the_task():
 
 
 def test_binary_and_regression_losses():
-    assert losses.loss_and_metrics({"task": "classification", "classes": [0, 1]})[0] == (
-        "binary_crossentropy"
-    )
-    loss, metrics = losses.loss_and_metrics({"task": "regression", "classes": None})
+    binary = Schema(features=(), target="y", task="classification", classes=(0, 1))
+    assert losses.loss_and_metrics(binary)[0] == "binary_crossentropy"
+    loss, metrics = losses.loss_and_metrics(Schema(features=(), target="y", task="regression"))
     assert loss == "mse" and [m.name for m in metrics] == ["rmse", "mae"]
 
 

@@ -58,7 +58,9 @@ def test_class_weight_with_sample_weights_or_several_outputs_is_refused_before_t
         inputs, [keras.layers.Dense(1)(inputs), keras.layers.Dense(1)(inputs)]
     )
     with pytest.raises(MlpipeError, match="several outputs"):
-        losses.check_weighting(train, {**schema, "weight_column": None}, two_outputs)
+        losses.check_weighting(
+            train, schema.model_copy(update={"weight_column": None}), two_outputs
+        )
     losses.check_weighting(tiny_params().train, schema, two_outputs)
 
 
