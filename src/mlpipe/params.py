@@ -6,21 +6,15 @@ a section by adding fields, and each stage declares in `dvc.yaml` the sections i
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
-import types
-import typing
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     PlainValidator,
     ValidationError,
@@ -29,16 +23,12 @@ from pydantic import (
 )
 
 from mlpipe import MlpipeError
+from mlpipe.optimizer_params import LRScheduleParams, OptimizerParams
+from mlpipe.util.validation import Section, describe
 
 DEFAULT_PARAMS_FILE = "params.yaml"
 
 Fraction = Annotated[float, Field(gt=0, lt=1)]
-
-
-class Section(BaseModel):
-    """Base of every params section: unknown keys are errors and loaded params never change."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # Cells that mean "no value" in users' files, compared after trimming whitespace.
@@ -188,87 +178,6 @@ class ModelParams(Section):
                 "loops over them; set it to 0 or api to subclass"
             )
         return self
-
-
-class SGDParams(Section):
-    momentum: float = Field(0.0, ge=0, lt=1)
-    nesterov: bool = False
-
-
-class RMSpropParams(Section):
-    rho: float = Field(0.9, gt=0, lt=1)
-    momentum: float = Field(0.0, ge=0, lt=1)
-    epsilon: float = Field(1e-7, gt=0)
-
-
-class AdamParams(Section):
-    beta_1: float = Field(0.9, ge=0, lt=1)
-    beta_2: float = Field(0.999, ge=0, lt=1)
-    epsilon: float = Field(1e-7, gt=0)
-    amsgrad: bool = False
-
-
-class AdamWParams(AdamParams):
-    weight_decay: float = Field(0.004, ge=0)
-
-
-class NadamParams(Section):
-    beta_1: float = Field(0.9, ge=0, lt=1)
-    beta_2: float = Field(0.999, ge=0, lt=1)
-    epsilon: float = Field(1e-7, gt=0)
-
-
-class OptimizerParams(Section):
-    """`name` picks the optimizer; the section of the same name holds its own settings.
-
-    Every optimizer keeps its section, so `-S train.optimizer.name=sgd` switches without edits.
-    """
-
-    name: Literal["sgd", "rmsprop", "adam", "adamw", "nadam"] = "adam"
-    # No upper bound: an absurd rate is legal and should fail in training, where it is visible.
-    learning_rate: Literal["auto"] | Annotated[float, Field(gt=0)] = Field(
-        1e-3, description="A number, or `auto`: the rate the lr_find stage suggests."
-    )
-    sgd: SGDParams = SGDParams()
-    rmsprop: RMSpropParams = RMSpropParams()
-    adam: AdamParams = AdamParams()
-    adamw: AdamWParams = AdamWParams()
-    nadam: NadamParams = NadamParams()
-
-    def settings(self) -> dict:
-        """The chosen optimizer's own settings, as Keras keyword arguments."""
-        return getattr(self, self.name).model_dump()
-
-
-class ExponentialDecayParams(Section):
-    decay_rate: float = Field(0.5, gt=0, le=1, description="Multiply the rate by this ...")
-    decay_epochs: float = Field(10.0, gt=0, description="... every this many epochs, smoothly.")
-
-
-class CosineDecayParams(Section):
-    alpha: float = Field(0.0, ge=0, le=1, description="Final rate as a fraction of the first.")
-
-
-class PlateauParams(Section):
-    factor: float = Field(0.5, gt=0, lt=1)
-    patience: int = Field(3, ge=0)
-    min_learning_rate: float = Field(1e-6, ge=0)
-
-
-class OneCycleParams(Section):
-    warmup_fraction: float = Field(0.3, gt=0, lt=1)
-    div_factor: float = Field(25.0, gt=1, description="Start at learning_rate / div_factor.")
-    final_div_factor: float = Field(1e4, gt=1, description="End at the start / this.")
-
-
-class LRScheduleParams(Section):
-    """`name` picks the schedule; the section of the same name holds its settings."""
-
-    name: Literal["none", "exponential", "cosine", "plateau", "one_cycle"] = "none"
-    exponential: ExponentialDecayParams = ExponentialDecayParams()
-    cosine: CosineDecayParams = CosineDecayParams()
-    plateau: PlateauParams = PlateauParams()
-    one_cycle: OneCycleParams = OneCycleParams()
 
 
 class EarlyStoppingParams(Section):
@@ -422,7 +331,7 @@ def parse_params(raw: Any, source: str = DEFAULT_PARAMS_FILE) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
-        problems = list(dict.fromkeys(_describe(e) for e in err.errors()))
+        problems = list(dict.fromkeys(describe(e, Params) for e in err.errors()))
         raise ParamsError(
             f"{source}: {len(problems)} invalid param(s):\n"
             + "\n".join(f"  - {p}" for p in problems)
@@ -433,58 +342,3 @@ def params_hash(params: Params, sections: tuple[str, ...]) -> str:
     """SHA-256 of the given sections with defaults filled in, independent of key order."""
     dumped = params.model_dump(mode="json", include=set(sections))
     return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()
-
-
-def _describe(error: Mapping[str, Any]) -> str:
-    # Drop the tags pydantic adds for union members (`literal['x']`, `constrained-float`).
-    loc = tuple(part for part in error["loc"] if not _UNION_TAG.match(str(part)))
-    path = _format_path(loc)
-    if error["type"] == "extra_forbidden":
-        key = str(loc[-1])
-        valid = _fields_at(loc[:-1])
-        hint = ""
-        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-        if close:
-            hint = f"; did you mean `{close[0]}`?"
-        where = f"`{_format_path(loc[:-1])}`" if loc[:-1] else "the top level"
-        return f"unknown key `{path}`{hint} Valid keys at {where}: {', '.join(valid)}"
-    if error["type"] == "missing":
-        return f"`{path}`: required key is missing"
-    got = error.get("input")
-    got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"`{path}`: {error['msg'].removeprefix('Value error, ')}{got_text}"
-
-
-_UNION_TAG = re.compile(r"^([a-z-]+\[.*\]|constrained-[a-z]+)$")
-
-
-def _format_path(loc: tuple) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _fields_at(loc: tuple) -> list[str]:
-    """Field names of the section found by following `loc` from the root."""
-    model: type[BaseModel] = Params
-    for part in loc:
-        if not isinstance(part, str) or part not in model.model_fields:
-            break
-        sub = _section_type(model.model_fields[part].annotation)
-        if sub is None:
-            break
-        model = sub
-    return list(model.model_fields)
-
-
-def _section_type(annotation: Any) -> type[BaseModel] | None:
-    candidates = (
-        typing.get_args(annotation)
-        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
-        else (annotation,)
-    )
-    for candidate in candidates:
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None

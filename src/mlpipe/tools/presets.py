@@ -13,10 +13,11 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from mlpipe.params import DEFAULT_PARAMS_FILE, Params, ParamsError, _section_type, parse_params
+from mlpipe.params import DEFAULT_PARAMS_FILE, Params, ParamsError, parse_params
 from mlpipe.params import read_yaml as load_yaml
 from mlpipe.util import git
 from mlpipe.util.overrides import hydra_value
+from mlpipe.util.validation import section_type
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -87,4 +88,4 @@ def preset_args(preset_file: str | Path, params_file: str | Path = DEFAULT_PARAM
 
 def _section_of(model: type[BaseModel], key: str) -> type[BaseModel] | None:
     field = model.model_fields.get(key)
-    return None if field is None else _section_type(field.annotation)
+    return None if field is None else section_type(field.annotation)

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mlpipe import MlpipeError
-from mlpipe.params import LRFindParams, OptimizerParams, ParamsError
+from mlpipe.optimizer_params import OptimizerParams
+from mlpipe.params import LRFindParams, ParamsError
 from mlpipe.schema import Schema
 
 if TYPE_CHECKING:

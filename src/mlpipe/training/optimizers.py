@@ -14,7 +14,8 @@ from keras import ops
 from keras.optimizers.schedules import LearningRateSchedule
 
 from mlpipe import MlpipeError
-from mlpipe.params import OptimizerParams, TrainParams
+from mlpipe.optimizer_params import OptimizerParams
+from mlpipe.params import TrainParams
 from mlpipe.training.losses import monitor_mode
 
 OPTIMIZERS = {

@@ -1,0 +1,77 @@
+"""Strict params sections, and messages for pydantic's validation errors that name the key, what
+is wrong and, for a typo, the nearest valid key. Imports no TensorFlow."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Section(BaseModel):
+    """Base of every params section: unknown keys are errors and loaded params never change."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def describe(error: Mapping[str, Any], root: type[BaseModel]) -> str:
+    """One line for one of pydantic's errors in validating `root`: the dotted key, what is
+    wrong, and for an unknown key the nearest valid one and every valid key beside it."""
+    # Drop the tags pydantic adds for union members (`literal['x']`, `constrained-float`).
+    loc = tuple(part for part in error["loc"] if not _UNION_TAG.match(str(part)))
+    path = _format_path(loc)
+    if error["type"] == "extra_forbidden":
+        key = str(loc[-1])
+        valid = _fields_at(root, loc[:-1])
+        hint = ""
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        if close:
+            hint = f"; did you mean `{close[0]}`?"
+        where = f"`{_format_path(loc[:-1])}`" if loc[:-1] else "the top level"
+        return f"unknown key `{path}`{hint} Valid keys at {where}: {', '.join(valid)}"
+    if error["type"] == "missing":
+        return f"`{path}`: required key is missing"
+    got = error.get("input")
+    got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"`{path}`: {error['msg'].removeprefix('Value error, ')}{got_text}"
+
+
+_UNION_TAG = re.compile(r"^([a-z-]+\[.*\]|constrained-[a-z]+)$")
+
+
+def _format_path(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _fields_at(root: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the section found by following `loc` from `root`."""
+    model = root
+    for part in loc:
+        if not isinstance(part, str) or part not in model.model_fields:
+            break
+        sub = section_type(model.model_fields[part].annotation)
+        if sub is None:
+            break
+        model = sub
+    return list(model.model_fields)
+
+
+def section_type(annotation: Any) -> type[BaseModel] | None:
+    """The model of a nested section, from its annotation (`Section` or `Section | None`)."""
+    candidates = (
+        typing.get_args(annotation)
+        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+        else (annotation,)
+    )
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
