@@ -204,7 +204,7 @@ def test_killed_repro_resumes_and_ends_as_an_uninterrupted_run(tiny):
     epochs = TINY["train"]["epochs"]
 
     venv_bin = str(Path(sys.executable).parent)
-    full_env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"}
     env["PYTHONPATH"] = str(tiny / "src")
     process = subprocess.Popen(
         ["dvc", "repro", "--force", "--single-item", "train"],

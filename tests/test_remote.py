@@ -15,7 +15,7 @@ from test_pipeline import TINY, run, stages_run
 
 from conftest import ROOT
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.e2e
 
 REMOTE = "team"
 BUCKET_URL = "s3://mlpipe-test/dvc-cache"
