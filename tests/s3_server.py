@@ -15,6 +15,7 @@ from pathlib import Path
 
 ACCESS_KEY = "mlpipe-team"
 SECRET_KEY = "mlpipe-team-secret"
+BUCKET = "mlpipe-team"  # made when the server starts, as a team's bucket exists
 # weed mini's servers, each with an HTTP and a gRPC port unless noted
 PORT_FLAGS = (
     "master.port",
@@ -36,6 +37,7 @@ READY_SECONDS = 120
 @dataclass(frozen=True)
 class S3Server:
     endpoint: str
+    bucket: str
     access_key: str
     secret_key: str
 
@@ -79,12 +81,13 @@ def start(workdir: Path) -> tuple[subprocess.Popen, S3Server]:
         "-master.telemetry=false",
         f"-s3.config={config}",
         "-webdav=false",
+        f"-bucket={BUCKET}",
         "-admin.ui=false",
         *(f"-{flag}={port}" for flag, port in ports.items()),
     ]
     log = (workdir / "weed.log").open("wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
-    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", ACCESS_KEY, SECRET_KEY)
+    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", BUCKET, ACCESS_KEY, SECRET_KEY)
     deadline = time.monotonic() + READY_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -18,7 +18,6 @@ from conftest import ROOT
 pytestmark = pytest.mark.e2e
 
 REMOTE = "team"
-BUCKET_URL = "s3://mlpipe-test/dvc-cache"
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +30,8 @@ def s3(tmp_path_factory) -> S3Server:
 def set_remote(repo: Path, server: S3Server, secret: str | None = None) -> None:
     """The team's one-time set-up: the remote in .dvc/config (in git), the keys in the
     untracked .dvc/config.local."""
-    run(["dvc", "remote", "add", "-f", "-d", REMOTE, BUCKET_URL], cwd=repo)
+    url = f"s3://{server.bucket}/dvc-cache"
+    run(["dvc", "remote", "add", "-f", "-d", REMOTE, url], cwd=repo)
     run(["dvc", "remote", "modify", REMOTE, "endpointurl", server.endpoint], cwd=repo)
     local = ["dvc", "remote", "modify", "--local", REMOTE]
     run([*local, "access_key_id", server.access_key], cwd=repo)
