@@ -62,14 +62,14 @@ sweep: venv ## run SPEC as DVC experiments, JOBS at a time; rank them on validat
 	$(BIN)/mlpipe sweep $(SPEC) -j $(JOBS) --readme README.md
 
 # What to check when the DVC remote refuses a push or pull (see "Share results" in the README)
-REMOTE_HINT := check the remote's keys (`dvc remote modify --local <remote> access_key_id KEY` \
-	and `secret_access_key`, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) and its endpointurl
+REMOTE_HINT := check the keys of the remote (dvc remote modify --local REMOTE access_key_id KEY, \
+	the same for secret_access_key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) and its endpointurl
 
 push: venv ## send the outputs of the last run to the DVC remote (dvc push)
-	@$(BIN)/dvc push || { echo "error: dvc push failed: $(REMOTE_HINT)" >&2; exit 2; }
+	@$(BIN)/dvc push || { echo 'error: dvc push failed: $(REMOTE_HINT)' >&2; exit 2; }
 
 pull: venv ## fetch the outputs dvc.lock names from the DVC remote (dvc pull): nothing to rerun
-	@$(BIN)/dvc pull || { echo "error: dvc pull failed: $(REMOTE_HINT)" >&2; exit 2; }
+	@$(BIN)/dvc pull || { echo 'error: dvc pull failed: $(REMOTE_HINT)' >&2; exit 2; }
 
 dag: venv ## print the stage graph
 	$(BIN)/dvc dag
