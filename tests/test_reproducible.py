@@ -75,7 +75,7 @@ def test_saved_model_bytes_repeat_across_processes_and_load(tmp_path):
     raw_1, raw_2 = files(folders["raw_1"]), files(folders["raw_2"])
     assert raw_1["fingerprint.pb"] != raw_2["fingerprint.pb"]  # its random uuid, at least
     assert files(folders["one"]) == files(folders["two"])
-    assert tf.saved_model.experimental.read_fingerprint(str(folders["one"])).uuid
+    assert tf.saved_model.experimental.read_fingerprint(str(folders["one"])).saved_model_checksum
     served = tf.saved_model.load(str(folders["one"]))
     x = np.ones((1, 4), dtype="float32")
     np.testing.assert_allclose(served.serve(x).numpy(), tiny_model().predict(x, verbose=0))
