@@ -19,7 +19,7 @@ SPEC ?= sweeps/learning_rate.yaml
 JOBS ?= 1
 
 .PHONY: help venv repro example examples report readme-results test test-fast lint format lock
-.PHONY: hooks dag bench sweep clean
+.PHONY: hooks dag bench sweep clean push pull
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
@@ -76,6 +76,16 @@ bench: venv ## training throughput against Keras fit and scikit-learn (bench/res
 
 sweep: venv ## run SPEC as DVC experiments, JOBS at a time; rank them on validation
 	$(BIN)/mlpipe sweep $(SPEC) -j $(JOBS) --readme README.md
+
+# What to check when the DVC remote refuses a push or pull (see "Share results" in the README)
+REMOTE_HINT := check the keys of the remote (dvc remote modify --local REMOTE access_key_id KEY, \
+	the same for secret_access_key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) and its endpointurl
+
+push: venv ## send the outputs of the last run to the DVC remote (dvc push)
+	@$(BIN)/dvc push || { echo 'error: dvc push failed: $(REMOTE_HINT)' >&2; exit 2; }
+
+pull: venv ## fetch the outputs dvc.lock names from the DVC remote (dvc pull): nothing to rerun
+	@$(BIN)/dvc pull || { echo 'error: dvc pull failed: $(REMOTE_HINT)' >&2; exit 2; }
 
 dag: venv ## print the stage graph
 	$(BIN)/dvc dag

@@ -28,9 +28,12 @@ TINY: dict[str, dict] = {
 }
 
 
-def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def run(
+    args: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run a command as a user would in `cwd`, with this venv's tools, plus `env`."""
     venv_bin = str(Path(sys.executable).parent)
-    env = {
+    full_env = {
         **os.environ,
         "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}",
         # The clone's own code, not the editable install's, is what runs.
@@ -39,8 +42,9 @@ def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedP
         "GIT_AUTHOR_EMAIL": "test@example.com",
         "GIT_COMMITTER_NAME": "test",
         "GIT_COMMITTER_EMAIL": "test@example.com",
+        **(env or {}),
     }
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    result = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{args} failed:\n{result.stdout}\n{result.stderr}")
     return result
