@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,13 @@ from test_pipeline import TINY, run, stages_run
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REMOTE = "team"
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory) -> S3Server:
+def s3(tmp_path_factory) -> Iterator[S3Server]:
     process, server = start(tmp_path_factory.mktemp("s3"))
     yield server
     stop(process)

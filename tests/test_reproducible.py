@@ -9,6 +9,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 
 from conftest import stage_env
 from mlpipe.util import reproducible
@@ -52,6 +53,7 @@ else:
 """
 
 
+@pytest.mark.slow
 def test_saved_model_bytes_repeat_across_processes_and_load(tmp_path):
     import tensorflow as tf
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import subprocess
 
 import pytest
@@ -65,3 +67,25 @@ def test_a_user_error_exits_2_with_its_message_alone(capsys):
     assert capsys.readouterr().err == "error: data.target: column `y` not found\n"
     with pytest.raises(ValueError), stage.user_errors():
         raise ValueError("a bug keeps its traceback")
+
+
+def test_outputs_get_the_permissions_of_ordinary_files(tmp_path):
+    old = os.umask(0o022)
+    try:
+        files.write_text(tmp_path / "out" / "a.txt", "x")
+        with files.atomic_dir(tmp_path / "folder") as folder:
+            (folder / "inner").mkdir()
+            (folder / "inner" / "b.bin").write_bytes(b"y")
+    finally:
+        os.umask(old)
+    modes = {
+        p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode)
+        for p in [tmp_path / "out" / "a.txt", *(tmp_path / "folder").rglob("*")]
+    }
+    modes["folder"] = stat.S_IMODE((tmp_path / "folder").stat().st_mode)
+    assert modes == {
+        "out/a.txt": 0o644,
+        "folder": 0o755,
+        "folder/inner": 0o755,
+        "folder/inner/b.bin": 0o644,
+    }

@@ -28,7 +28,7 @@ from mlpipe.modeling.networks import (
 )
 from mlpipe.params import ModelParams
 from mlpipe.schema import Schema
-from mlpipe.util import files
+from mlpipe.util import files, reproducible
 from mlpipe.util.paths import CORE_CONFIG_FILE, CORE_WEIGHTS_FILE, KERAS_FILE, PREPROCESS_FILE
 
 CORE = "core"
@@ -244,9 +244,11 @@ def load_model(path: str | Path) -> keras.Model:
 
 
 def save_model(model: keras.Model, path: str | Path) -> None:
-    """Save as `.keras` through a temporary sibling, so a crash never leaves half a file."""
+    """Save as `.keras` through a temporary sibling, so a crash never leaves half a file, with the
+    same bytes whenever the model is the same (no save date, fixed entry times)."""
     with files.atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
+        reproducible.normalize_keras_archive(tmp)
 
 
 def save_model_folder(model: keras.Model, path: str | Path) -> None:

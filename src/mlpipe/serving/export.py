@@ -19,7 +19,7 @@ from mlpipe.modeling.models import main_output, output_names, save_model, split_
 from mlpipe.params import ExportParams, Params, params_hash
 from mlpipe.schema import Schema
 from mlpipe.serving.metadata import ExportMetadata, LearnedFeature, write_metadata
-from mlpipe.util import git
+from mlpipe.util import git, reproducible
 from mlpipe.util.files import file_sha256
 from mlpipe.util.paths import (
     H5_FILE,
@@ -121,7 +121,9 @@ def write_formats(
     if "keras" in export.formats:
         save_model(model, out / KERAS_FILE)
     if "saved_model" in export.formats:
-        model.export(out / SAVED_MODEL_DIR, format="tf_saved_model", verbose=False)
+        with reproducible.sorted_export_variables():
+            model.export(out / SAVED_MODEL_DIR, format="tf_saved_model", verbose=False)
+        reproducible.normalize_saved_model(out / SAVED_MODEL_DIR)
     if export.onnx:
         write_onnx(model, out / ONNX_FILE)
         if sample is not None:

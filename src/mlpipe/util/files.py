@@ -47,6 +47,7 @@ def atomic_path(path: str | Path, *, suffix: str = ".tmp", folder: bool = False)
         tmp = Path(name)
     try:
         yield tmp
+        _readable(tmp)
         if folder:
             _replace_folder(tmp, path)
         else:
@@ -57,6 +58,18 @@ def atomic_path(path: str | Path, *, suffix: str = ".tmp", folder: bool = False)
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _readable(path: Path) -> None:
+    """Give an output the permissions of a file made the usual way (0644 files and 0755 folders
+    under umask 022), not those of a temporary file (0600, 0700), so a server running as another
+    user can read it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for item in paths:
+        if not item.is_symlink():
+            item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)
 
 
 def atomic_dir(path: str | Path) -> contextlib.AbstractContextManager[Path]:
