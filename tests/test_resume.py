@@ -81,7 +81,7 @@ def train_until(folder, prepared_dir, epoch: int, sig: int) -> None:
 
 def outcome(folder):
     summary = json.loads((folder / "train.json").read_text())
-    del summary["train_seconds"], summary["resumed_from_epoch"]
+    del summary["resumed_from_epoch"]
     curves = {
         path.relative_to(folder / "live").as_posix(): pd.read_csv(path, sep="\t")
         for path in sorted((folder / "live").rglob("*.tsv"))

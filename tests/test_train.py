@@ -122,7 +122,6 @@ def test_stage_replaces_model_only_when_training_succeeds(prepared_dir, tmp_path
         "best_epoch",
         "monitor",
         "best_monitor_value",
-        "train_seconds",
         "resumed_from_epoch",
     }
     assert [p.name for p in (tmp_path / "model").iterdir()] == ["model.keras"]

@@ -220,14 +220,15 @@ def fit_network(
     history = batches.fit(
         model, callbacks, class_weight=class_weight, validation_data=data["valid"]
     )
-    seconds = time.perf_counter() - start
+    # A timing is logged, not recorded: in metrics/train.json it would change dvc.lock on every
+    # rerun and show up as a changed metric in every diff.
+    log.info("trained in %.1f s", time.perf_counter() - start)
     return {
         "epochs_run": history.epoch[-1] + 1 if history.epoch else first_epoch,
         "resumed_from_epoch": first_epoch,
         "best_epoch": early_stopping.best_epoch + 1,
         "monitor": train.monitor,
         "best_monitor_value": round(float(early_stopping.best), 6),
-        "train_seconds": round(seconds, 2),
     }
 
 
