@@ -1,7 +1,6 @@
 """Training, the operation: `train` fits the network behind a built model's fixed preprocessing,
 with checkpointing, early stopping, resuming, TensorBoard and DVCLive, and returns the model of
-the best epoch. The train stage, the benchmark's plain pipeline, the tests and the examples all
-call it.
+the best epoch.
 """
 
 from __future__ import annotations
@@ -115,8 +114,8 @@ def train(
         summary["best_monitor_value"],
     )
     # What is saved and served: the best epoch's weights behind the unchanged preprocessing, one
-    # model from raw columns, without the optimizer that trained them (its state and schedule
-    # are training's, and loading them would need this module).
+    # model from raw columns, without the optimizer that trained them: its state is of no use
+    # there, and a one_cycle schedule in it would make loading need mlpipe.training.
     bare = type(network).from_config(network.get_config())
     best = models.compose(preprocessor, bare)
     bare.set_weights(network.get_weights())
