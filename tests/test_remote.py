@@ -4,6 +4,7 @@ runs the pipeline and pushes, a fresh clone pulls and finds nothing to rerun."""
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,3 +131,36 @@ def test_a_file_over_64_mb_round_trips_in_parts(origin, s3, tmp_path):
             path.unlink()
     run(["dvc", "pull", "big.bin.dvc"], cwd=clone, env=env)
     assert hashlib.sha256(big.read_bytes()).hexdigest() == digest
+
+
+RATES = """
+description: four rates, run as two shards on two machines and ranked on a third
+grid:
+  train.optimizer.learning_rate: [0.0005, 0.001, 0.002, 0.004]
+"""
+
+
+def test_a_sweep_split_over_two_machines_is_ranked_whole_on_a_third(origin, s3, tmp_path):
+    spec = tmp_path / "rates.yaml"
+    spec.write_text(RATES)
+    env = with_aws_keys(s3.access_key, s3.secret_key)
+    for index, expected in ((1, ["rates-1", "rates-3"]), (2, ["rates-2", "rates-4"])):
+        machine = fresh_clone(origin, tmp_path / f"machine-{index}")
+        run(["dvc", "pull"], cwd=machine, env=env)  # what main already has: only train onward run
+        sweep = ["mlpipe", "sweep", str(spec), "--shard", f"{index}/2", "--push"]
+        shown = run(sweep, cwd=machine, env=env).stdout
+        assert sorted(RANKED.findall(shown)) == expected  # its own two trials, ranked
+    third = fresh_clone(origin, tmp_path / "third")
+    show = ["mlpipe", "sweep", str(spec), "--show", "--remote", "origin"]
+    board = run(show, cwd=third, env=env).stdout
+    assert sorted(RANKED.findall(board)) == ["rates-1", "rates-2", "rates-3", "rates-4"]
+    best = re.search(r"Best: `(rates-\d)`", board).group(1)
+    assert best == RANKED.findall(board)[0]
+    run(["dvc", "exp", "apply", best], cwd=third)
+    run(["dvc", "pull"], cwd=third, env=env)
+    assert stages_run(run(["dvc", "repro"], cwd=third)) == set()  # nothing retrained
+    rate = yaml.safe_load((third / "params.yaml").read_text())["train"]["optimizer"]
+    assert str(rate["learning_rate"]) in board.split(best)[1].splitlines()[0]
+
+
+RANKED = re.compile(r"^\| \d+ \| (rates-\d) \|", flags=re.M)

@@ -185,6 +185,26 @@ def test_sweep_refuses_to_clash_with_other_experiments(tmp_path):
         sweep.run_sweep(path, params_file=ROOT / "params.yaml", run=runner_with(foreign))
 
 
+def test_shards_split_the_trials_so_that_together_they_run_each_once(tmp_path, capsys):
+    path = spec_file(tmp_path, {"grid": {"seed": [1, 2, 3, 4, 5]}}, "seeds")
+    queued = {}
+    for index in (1, 2, 3):
+        sweep.run_sweep(
+            path,
+            params_file=ROOT / "params.yaml",
+            dry_run=True,
+            shard=(index, 3),
+            push="origin",
+        )
+        lines = capsys.readouterr().out.splitlines()
+        queued[index] = [line.split(" -n ")[1].split()[0] for line in lines if "--queue" in line]
+        assert lines[-1] == f"dvc exp push origin {' '.join(queued[index])}"
+    assert queued == {1: ["seeds-1", "seeds-4"], 2: ["seeds-2", "seeds-5"], 3: ["seeds-3"]}
+    for bad in ("0/2", "3/2", "two"):
+        with pytest.raises(SweepError, match="--shard"):
+            sweep.parse_shard(bad)
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_two_by_two_sweep_yields_four_ranked_experiments(tmp_path):

@@ -85,6 +85,9 @@ def _sweep(args: argparse.Namespace) -> None:
         readme=Path(args.readme) if args.readme else None,
         dry_run=args.dry_run,
         show_only=args.show,
+        shard=sweep.parse_shard(args.shard),
+        push=args.push,
+        remote=args.remote,
     )
 
 
@@ -155,6 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--readme", help="markdown file whose block for the results to update")
     sweep.add_argument("--dry-run", action="store_true", help="check, print the commands, stop")
     sweep.add_argument("--show", action="store_true", help="rank the experiments already run")
+    sweep.add_argument(
+        "--shard", default="1/1", help="I/N: run only every N-th trial from the I-th (default 1/1)"
+    )
+    sweep.add_argument(
+        "--push",
+        nargs="?",
+        const="origin",
+        metavar="GIT_REMOTE",
+        help="push each finished experiment to GIT_REMOTE (default origin) and its outputs to "
+        "the DVC remote (dvc exp push)",
+    )
+    sweep.add_argument(
+        "--remote", metavar="GIT_REMOTE", help="with --show: fetch the experiments from here first"
+    )
     return parser
 
 

@@ -6,6 +6,11 @@ checked against the params schema before anything is queued. Each is then queued
 are read back with `dvc exp show --json`. The ranking uses the validation value training
 monitored (metrics/train.json); the test metric is shown, never used to choose. Imports no
 TensorFlow.
+
+Over several machines: `--shard I/N` runs every N-th trial from the I-th (the same partition on
+every machine, so together the shards run each trial once), `--push` sends each finished
+experiment to the git remote and its outputs to the DVC remote (`dvc exp push`), and
+`--show --remote R` fetches the spec's experiments from git remote R and ranks them all.
 """
 
 from __future__ import annotations
@@ -147,14 +152,28 @@ def _cell(value: Any) -> str:
 Runner = Callable[..., subprocess.CompletedProcess]
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """`I/N` (1 <= I <= N) as (I, N)."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise SweepError(f"--shard {text}: expected I/N, e.g. 2/4") from None
+    if not 1 <= index <= count:
+        raise SweepError(f"--shard {text}: I must be between 1 and N")
+    return index, count
+
+
 @dataclass
 class Sweep:
-    """One sweep: its spec, its trials and the names of their experiments."""
+    """One sweep: its spec, its trials and the names of their experiments. With a shard (I, N),
+    the trials this machine runs are every N-th from the I-th; the names stay the sweep's own,
+    so the shards' experiments never clash."""
 
     spec_path: Path
     params_file: Path
     prefix: str
     run: Runner = subprocess.run
+    shard: tuple[int, int] = (1, 1)
 
     def __post_init__(self):
         self.spec = load_spec(self.spec_path)
@@ -166,12 +185,18 @@ class Sweep:
         check_trials(self.trials, raw, str(self.spec_path))
         self.names = names(self.prefix, len(self.trials))
         self.keys = list(dict.fromkeys(key for trial in self.trials for key in trial))
+        index, count = self.shard
+        self.mine = [i for i in range(len(self.trials)) if i % count == index - 1]
 
     def commands(self) -> list[list[str]]:
         return [
-            ["dvc", "exp", "run", "--queue", "-n", name, *overrides(trial)]
-            for name, trial in zip(self.names, self.trials, strict=True)
+            ["dvc", "exp", "run", "--queue", "-n", self.names[i], *overrides(self.trials[i])]
+            for i in self.mine
         ]
+
+    @property
+    def my_names(self) -> list[str]:
+        return [self.names[i] for i in self.mine]
 
     def dvc(self, *args: str, capture: bool = True) -> subprocess.CompletedProcess:
         output = {"capture_output": True} if capture else {"stdout": sys.stderr}
@@ -188,7 +213,7 @@ class Sweep:
         """Queue every trial, then run the queue; refuse if that would run or clash with
         experiments that are not this sweep's."""
         existing = self.show()
-        clash = [name for name in self.names if name in existing]
+        clash = [name for name in self.my_names if name in existing]
         if clash:
             raise SweepError(
                 f"experiments named {', '.join(clash)} already exist: remove them "
@@ -207,10 +232,25 @@ class Sweep:
         # DVC follows each experiment's log on stdout; stdout is kept for the leaderboard.
         self.dvc("exp", "run", "--run-all", "-j", str(jobs), capture=False)
 
-    def leaderboard(self) -> Leaderboard:
-        return leaderboard(self.show(), self.names, self.keys)
+    def push(self, remote: str, experiments: list[str]) -> None:
+        """Send `experiments` to git remote `remote`, and their outputs to the default DVC
+        remote."""
+        if experiments:
+            self.dvc("exp", "push", remote, *experiments, capture=False)
 
-    def report(self, board: Leaderboard, baseline: str) -> str:
+    def fetch(self, remote: str) -> None:
+        """Bring the sweep's experiments that git remote `remote` holds, without their outputs
+        (the ranking needs only the metrics, which are in git)."""
+        listed = self.dvc("exp", "list", remote, "--name-only").stdout.split()
+        held = [name for name in self.names if name in listed]
+        if not held:
+            raise SweepError(f"git remote {remote} holds none of {', '.join(self.names)}")
+        self.dvc("exp", "pull", remote, *held, "--no-cache", "--force", capture=False)
+
+    def leaderboard(self, wanted: list[str] | None = None) -> Leaderboard:
+        return leaderboard(self.show(), wanted or self.names, self.keys)
+
+    def report(self, board: Leaderboard, baseline: str, remote: str | None = None) -> str:
         """The results file: what ran, the table, and how to apply the best."""
         spec = self.spec_path.as_posix()
         summary = (
@@ -223,6 +263,11 @@ class Sweep:
         lines.append(board.markdown())
         if board.best:
             lines.append(f"Best: `{board.best}`; `dvc exp apply {board.best}` applies it.\n")
+            if remote:
+                lines[-1] = (
+                    f"Best: `{board.best}`; `dvc exp apply {board.best} && dvc pull` applies it "
+                    "and brings its outputs from the DVC remote, without retraining.\n"
+                )
         return "\n".join(lines)
 
 
@@ -236,25 +281,38 @@ def run_sweep(
     readme: Path | None = None,
     dry_run: bool = False,
     show_only: bool = False,
+    shard: tuple[int, int] = (1, 1),
+    push: str | None = None,
+    remote: str | None = None,
     run: Runner = subprocess.run,
 ) -> Leaderboard | None:
-    """Check, queue and run a sweep, then print its leaderboard and write it to
-    <results_dir>/<spec name>.md and into `readme`'s block for that file, if it has one.
+    """Check, queue and run a sweep (or shard I of N of it), then print its leaderboard and
+    write it to <results_dir>/<spec name>.md and into `readme`'s block for that file, if it has
+    one; a shard ranks only its own experiments and writes no file.
 
-    `dry_run` prints the commands instead; `show_only` ranks experiments an earlier run left.
+    `dry_run` prints the commands instead; `show_only` ranks experiments an earlier run left,
+    fetched first from git remote `remote` if given; `push` names the git remote that finished
+    experiments are pushed to.
     """
-    sweep = Sweep(spec_path, params_file, prefix or spec_path.stem, run)
+    sweep = Sweep(spec_path, params_file, prefix or spec_path.stem, run, shard)
+    sharded = shard != (1, 1)
     if dry_run:
         for command in sweep.commands():
             print(" ".join(command))
         print(f"dvc exp run --run-all -j {jobs}")
+        if push:
+            print(f"dvc exp push {push} {' '.join(sweep.my_names)}")
         return None
+    if show_only and remote:
+        sweep.fetch(remote)
     if not show_only:
         sweep.queue_and_run(jobs)
-    board = sweep.leaderboard()
-    report = sweep.report(board, git.head_commit(short=True) or "?")
+    board = sweep.leaderboard(sweep.my_names if sharded and not show_only else None)
+    if push and not show_only:
+        sweep.push(push, [name for name in sweep.my_names if name not in board.failed])
+    report = sweep.report(board, git.head_commit(short=True) or "?", remote)
     print(report)
-    if results_dir is not None:
+    if results_dir is not None and not (sharded and not show_only):
         from mlpipe.util import files
 
         target = results_dir / f"{spec_path.stem}.md"
@@ -268,7 +326,7 @@ def run_sweep(
                 print(f"updated the block for {target} in {readme}", file=sys.stderr)
     if board.failed:
         raise SweepError(
-            f"{len(board.failed)} of {len(sweep.names)} experiments failed: "
+            f"{len(board.failed)} of {len(board.rows)} experiments failed: "
             f"{', '.join(board.failed)}; `dvc queue logs <name>` shows why"
         )
     return board
