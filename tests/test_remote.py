@@ -156,8 +156,8 @@ def test_a_sweep_split_over_two_machines_is_ranked_whole_on_a_third(origin, s3, 
     assert sorted(RANKED.findall(board)) == ["rates-1", "rates-2", "rates-3", "rates-4"]
     best = re.search(r"Best: `(rates-\d)`", board).group(1)
     assert best == RANKED.findall(board)[0]
+    run(["dvc", "exp", "pull", "origin", best], cwd=third, env=env)  # with its outputs
     run(["dvc", "exp", "apply", best], cwd=third)
-    run(["dvc", "pull"], cwd=third, env=env)
     assert stages_run(run(["dvc", "repro"], cwd=third)) == set()  # nothing retrained
     rate = yaml.safe_load((third / "params.yaml").read_text())["train"]["optimizer"]
     assert str(rate["learning_rate"]) in board.split(best)[1].splitlines()[0]

@@ -265,8 +265,9 @@ class Sweep:
             lines.append(f"Best: `{board.best}`; `dvc exp apply {board.best}` applies it.\n")
             if remote:
                 lines[-1] = (
-                    f"Best: `{board.best}`; `dvc exp apply {board.best} && dvc pull` applies it "
-                    "and brings its outputs from the DVC remote, without retraining.\n"
+                    f"Best: `{board.best}`; `dvc exp pull {remote} {board.best} && dvc exp apply "
+                    f"{board.best}` brings its outputs from the DVC remote and applies it, "
+                    "without retraining.\n"
                 )
         return "\n".join(lines)
 
