@@ -8,6 +8,7 @@ import re
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -189,13 +190,27 @@ def test_diverging_run_fails_and_records_nothing(tiny):
     assert train_lock(tiny) == lock
 
 
-def test_forced_reruns_give_identical_metrics(tiny):
+def test_forced_reruns_give_identical_metrics_and_lock(tiny):
     outputs = []
     for _ in range(2):
         assert stages_run(run(["dvc", "repro", "--force"], cwd=tiny)) == STAGES
-        outputs.append((tiny / "metrics/evaluate.json").read_bytes())
+        # dvc.lock hashes every output: model files, the SavedModel, data and plots
+        outputs.append([(tiny / f).read_bytes() for f in ("metrics/evaluate.json", "dvc.lock")])
     assert outputs[0] == outputs[1]
-    assert json.loads(outputs[0])["accuracy"] > 0.85
+    assert json.loads(outputs[0][0])["accuracy"] > 0.85
+
+
+def test_outputs_are_readable_by_other_users(tiny):
+    folders = ["models/export", "models/model", "data/prepared", "plots/evaluate"]
+    modes = {
+        path.relative_to(tiny).as_posix(): stat.S_IMODE(path.stat().st_mode)
+        for folder in folders
+        for path in [tiny / folder, *(tiny / folder).rglob("*")]
+    }
+    umask = os.umask(0)
+    os.umask(umask)
+    expected = {path: (0o777 if (tiny / path).is_dir() else 0o666) & ~umask for path in modes}
+    assert modes == expected
 
 
 def test_killed_repro_resumes_and_ends_as_an_uninterrupted_run(tiny):
