@@ -73,7 +73,7 @@ def test_metadata_extends_the_schema_and_records_provenance(exported, prepared_d
     train_bytes = (prepared_dir / "train.parquet").read_bytes()
     assert meta.train_data_sha256 == hashlib.sha256(train_bytes).hexdigest()
     assert len(meta.params_sha256) == 64
-    assert meta.git_commit is None or len(meta.git_commit.removesuffix("-dirty")) == 40
+    assert "git_commit" not in meta.model_dump()  # a commit would make every rerun's bytes differ
     raw = json.loads((out / METADATA_FILE).read_text())
     assert raw["features"][10]["median"] == meta.features[10].median
     assert "categories" not in raw["features"][10]

@@ -338,7 +338,6 @@ def exported_metadata(kinds: dict[str, str], target: str) -> str:
         csv=CsvParams(),
         formats=("keras",),
         versions={},
-        git_commit=None,
         params_sha256="0" * 64,
         params_sections=("data",),
         train_data_sha256="0" * 64,

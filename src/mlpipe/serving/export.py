@@ -19,7 +19,7 @@ from mlpipe.modeling.models import main_output, output_names, save_model, split_
 from mlpipe.params import ExportParams, Params, params_hash
 from mlpipe.schema import Schema
 from mlpipe.serving.metadata import ExportMetadata, LearnedFeature, write_metadata
-from mlpipe.util import git, reproducible
+from mlpipe.util import reproducible
 from mlpipe.util.files import file_sha256
 from mlpipe.util.paths import (
     H5_FILE,
@@ -100,7 +100,6 @@ def metadata(
         csv=params.data.csv,
         formats=formats(params.export),
         versions=library_versions(),
-        git_commit=git.head_commit(mark_dirty=True),
         params_sha256=params_hash(params, MODEL_SECTIONS),
         params_sections=MODEL_SECTIONS,
         train_data_sha256=file_sha256(train_file),

@@ -34,7 +34,6 @@ class ExportMetadata(Schema):
     csv: CsvParams  # how `mlpipe predict` reads a CSV file: as the training data was read
     formats: tuple[str, ...]
     versions: dict[str, str]
-    git_commit: str | None  # suffixed `-dirty` when tracked files differed from it
     params_sha256: str  # of the params sections that shaped the model
     params_sections: tuple[str, ...]
     train_data_sha256: str
