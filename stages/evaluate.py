@@ -2,10 +2,11 @@
 
 Reads:  <prepared>/{train,valid,test}.parquet and schema.json, <model> (model folder), and the
         DVCLive curves of training under --training.
-Writes: <metrics> (test metrics at the top level, the validation split's under `valid`, the
-        scikit-learn baselines' under `baseline`; for a model with several outputs, the bare
-        names are the main output's, and `loss` (the weighted total) and `outputs.<name>` are
-        added) and <plots>/ (CSV data of the DVC plots of the test split, and PNG versions of
+Writes: <metrics> (the headline metrics of the test split, which `dvc exp show` shows),
+        <details> (every score: the test split's at the top level, the validation split's under
+        `valid`, the scikit-learn baselines' under `baseline`, per class under `per_class`; for
+        a model with several outputs, the bare names are the main output's, and `loss` (the
+        weighted total) and `outputs.<name>` are added) and <plots>/ (CSV data of the DVC plots of the test split, and PNG versions of
         the charts that apply to the task).
 Params: evaluate, train.loss_weights (to add up the outputs' losses). The gate
         (evaluate.thresholds) is checked after the metrics are written.
@@ -27,7 +28,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("prepared", type=Path, help="folder written by the prepare stage")
     parser.add_argument("model", type=Path, help="trained model folder")
-    parser.add_argument("metrics", type=Path, help="where to write the metrics JSON")
+    parser.add_argument("metrics", type=Path, help="where to write the headline metrics JSON")
+    parser.add_argument("details", type=Path, help="where to write every score as JSON")
     parser.add_argument("plots", type=Path, help="folder to write plot data and PNGs into")
     parser.add_argument("--training", type=Path, help="DVCLive folder of the train stage")
     args = parser.parse_args()
@@ -53,7 +55,8 @@ def main() -> None:
     with files.atomic_dir(args.plots) as folder:
         for name, content in plot_files.items():
             (folder / name).write_bytes(content)
-    files.write_json(args.metrics, scores)
+    files.write_json(args.details, scores)
+    files.write_json(args.metrics, metrics.headline(scores, schema.task))
     metrics.check_gate(scores, params.evaluate.thresholds, str(args.metrics))
 
 

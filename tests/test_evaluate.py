@@ -136,10 +136,13 @@ def write_params(folder, **evaluate):
 def test_stage_writes_metrics_and_plots_then_gate_fails(prepared_dir, stage_dir):
     # An untrained model cannot reach 0.99 accuracy: the gate fails, after writing everything.
     write_params(stage_dir, thresholds={"accuracy": 0.99, "log_loss": 100.0})
-    args = [str(prepared_dir), "m", "evaluate.json", "plots", "--training", "live"]
+    args = [str(prepared_dir), "m", "evaluate.json", "details.json", "plots", "--training", "live"]
     result = run_stage("evaluate", *args, cwd=stage_dir)
     assert result.returncode == 2, result.stderr
-    scores = json.loads((stage_dir / "evaluate.json").read_text())
+    scores = json.loads((stage_dir / "details.json").read_text())
+    # the metrics file DVC shows holds only the headline metrics of the test split
+    headline = json.loads((stage_dir / "evaluate.json").read_text())
+    assert headline == {name: scores[name] for name in metrics.HEADLINE_METRICS["classification"]}
     assert f"accuracy = {scores['accuracy']} is below its floor 0.99" in result.stderr
     assert "log_loss" not in result.stderr.split("quality gate failed")[1]
     assert "written to evaluate.json" in result.stderr
@@ -175,7 +178,7 @@ def test_stage_writes_metrics_and_plots_then_gate_fails(prepared_dir, stage_dir)
 @pytest.mark.slow
 def test_stage_rejects_an_unknown_threshold_before_scoring(prepared_dir, stage_dir):
     write_params(stage_dir, thresholds={"rmse": 0.5})
-    args = [str(prepared_dir), "missing", "evaluate.json", "plots"]
+    args = [str(prepared_dir), "missing", "evaluate.json", "details.json", "plots"]
     result = run_stage("evaluate", *args, cwd=stage_dir)
     assert result.returncode == 2
     assert "evaluate.thresholds: `rmse` is not a classification metric" in result.stderr

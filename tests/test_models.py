@@ -238,9 +238,12 @@ def test_evaluation_lists_every_output(housing, tmp_path):
     (tmp_path / "params.yaml").write_text(json.dumps(params.model_dump(mode="json")))
     model = models.build_model(params.model, schema, splits["train"])
     models.save_model_folder(model, tmp_path / "model")
-    result = run_stage("evaluate", str(prepared), "model", "evaluate.json", "plots", cwd=tmp_path)
+    args = [str(prepared), "model", "evaluate.json", "details.json", "plots"]
+    result = run_stage("evaluate", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    scores = json.loads((tmp_path / "evaluate.json").read_text())
+    scores = json.loads((tmp_path / "details.json").read_text())
+    headline = json.loads((tmp_path / "evaluate.json").read_text())
+    assert headline == {name: scores[name] for name in ("rmse", "mae", "r2", "loss")}
     assert set(scores["outputs"]) == {"main", "aux"}
     for split in (scores, scores["valid"]):
         main, aux = split["outputs"]["main"], split["outputs"]["aux"]

@@ -23,8 +23,10 @@ def git(repo: Path, *args: str) -> None:
 
 def commit_results(repo: Path, epochs: int, accuracy: float, valid: float, png: bytes) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump({"train": {"epochs": epochs, "seed": 1}}))
-    scores = {"accuracy": accuracy, "log_loss": 0.2, "valid": {"accuracy": valid}}
+    scores = {"accuracy": accuracy, "log_loss": 0.2}
     (repo / "metrics" / "evaluate.json").write_text(json.dumps(scores))
+    details = {**scores, "valid": {"accuracy": valid}, "per_class": {"cat": {"recall": valid}}}
+    (repo / "metrics" / "details" / "evaluate.json").write_text(json.dumps(details))
     (repo / "plots" / "evaluate" / "roc.png").write_bytes(png)
     (repo / "plots" / "evaluate" / "roc.csv").write_text("fpr,tpr\n0,1\n")
     git(repo, "add", "-A")
@@ -37,7 +39,7 @@ def two_commits(tmp_path) -> Path:
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
     repo = tmp_path / "repo"
-    (repo / "metrics").mkdir(parents=True)
+    (repo / "metrics" / "details").mkdir(parents=True)
     (repo / "plots" / "evaluate").mkdir(parents=True)
     git(repo, "init", "-q")
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
@@ -48,7 +50,7 @@ def two_commits(tmp_path) -> Path:
     }
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": stage}}))
     commit_results(repo, epochs=10, accuracy=0.9, valid=0.88, png=b"old")
-    commit_results(repo, epochs=20, accuracy=0.95, valid=0.88, png=b"new")
+    commit_results(repo, epochs=20, accuracy=0.95, valid=0.9, png=b"new")
     return repo
 
 
@@ -73,7 +75,12 @@ def test_report_shows_the_param_change_and_metric_deltas(two_commits):
     text = (two_commits / "report.md").read_text()
     assert "| `train.epochs` | 10 | 20 |" in text
     assert "| accuracy | 0.9 | 0.95 | +0.05 |" in text
-    assert "log_loss" not in text and "valid.accuracy" not in text  # unchanged
+    assert "log_loss" not in text  # unchanged
+    # the details file, which is not a DVC metric, is diffed from git; its headline metrics
+    # are not repeated
+    assert "<details><summary>2 other changed metrics" in text
+    assert "| `metrics/details/evaluate.json` | valid.accuracy | 0.88 | 0.9 | +0.02 |" in text
+    assert "| `metrics/details/evaluate.json` | per_class.cat.recall | 0.88 | 0.9 | +0.02 |" in text
     assert "[`plots/evaluate/roc.png`](plots/evaluate/roc.png) (changed)" in text
     assert "plots/evaluate/roc.csv" not in text
 

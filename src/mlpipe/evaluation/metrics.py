@@ -32,6 +32,12 @@ CLASSIFICATION_METRICS = (
     "log_loss",
 )
 REGRESSION_METRICS = ("rmse", "mae", "r2", "mape", "median_absolute_error")
+# The few metrics of the test split that metrics/evaluate.json holds, so that `dvc exp show` and
+# `dvc metrics diff` fit a terminal; the rest goes to the details file.
+HEADLINE_METRICS = {
+    "classification": ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "log_loss"),
+    "regression": ("rmse", "mae", "r2"),
+}
 # Errors: smaller is better, so a threshold on one of these is a ceiling, not a floor.
 LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae", "mape", "median_absolute_error"})
 
@@ -165,6 +171,14 @@ def output_scores(
 def by_split(scores: dict[str, dict]) -> dict:
     """The layout of metrics/evaluate.json: the test split at the top, the others nested."""
     return {**scores["test"], **{name: s for name, s in scores.items() if name != "test"}}
+
+
+def headline(scores: dict, task: str) -> dict:
+    """The headline metrics of `scores` (laid out by `by_split`): the test split's main ones,
+    and `loss`, the weighted total, for a model with several outputs."""
+    kind = "regression" if task == "regression" else "classification"
+    names = (*HEADLINE_METRICS[kind], "loss")
+    return {name: scores[name] for name in names if name in scores}
 
 
 def check_threshold_names(thresholds: dict[str, float], task: str) -> None:

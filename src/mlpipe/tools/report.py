@@ -1,7 +1,8 @@
 """`mlpipe report`: what a change did against a git ref, in Markdown for a pull request: the
 params and metrics that changed and the plots that differ.
 
-DVC reads the params and metrics of the other ref from git, so no DVC remote is needed. Imports
+DVC reads the params and metrics of the other ref from git, so no DVC remote is needed; the
+details file (every score, which is not a DVC metric) is read from git the same way. Imports
 neither TensorFlow nor scikit-learn, so it runs in a second.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from mlpipe import MlpipeError
 from mlpipe.util import git, markdown
-from mlpipe.util.paths import EVALUATE_METRICS, PLOTS_DIR
+from mlpipe.util.paths import EVALUATE_DETAILS, EVALUATE_METRICS, PLOTS_DIR
 
 
 class ReportError(MlpipeError):
@@ -38,6 +39,9 @@ def collect(base: str, repo: Path) -> tuple[dict, dict, list[tuple[str, str]]]:
         )
     params = _dvc_json(["params", "diff", base], repo)
     metrics = _dvc_json(["metrics", "diff", base], repo)
+    details = details_diff(git.committed_text(repo / EVALUATE_DETAILS, base), repo)
+    if details:
+        metrics[EVALUATE_DETAILS] = details
     # The working tree against base, and files not yet added to git
     diff = git.run("diff", "--name-status", "--no-renames", base, "--", PLOTS_DIR, cwd=repo)
     status = {"A": "added", "D": "removed"}
@@ -45,6 +49,30 @@ def collect(base: str, repo: Path) -> tuple[dict, dict, list[tuple[str, str]]]:
     new = git.run("ls-files", "--others", "--exclude-standard", "--", PLOTS_DIR, cwd=repo)
     plots |= dict.fromkeys(new.split(), "added")
     return params, metrics, sorted(plots.items())
+
+
+def details_diff(base_text: str | None, repo: Path) -> dict:
+    """{dotted name: {"old", "new"[, "diff"]}} of the details file's changed values, laid out as
+    `dvc metrics diff --json` lays out one file."""
+    path = repo / EVALUATE_DETAILS
+    old = _flat(json.loads(base_text)) if base_text else {}
+    new = _flat(json.loads(path.read_text())) if path.exists() else {}
+    changed = {}
+    for name in sorted(old.keys() | new.keys()):
+        before, after = old.get(name), new.get(name)
+        if before != after:
+            changed[name] = {"old": before, "new": after}
+    return changed
+
+
+def _flat(scores: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in scores.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _pairs(words: list[str]) -> list[tuple[str, str]]:
@@ -89,6 +117,8 @@ def format_report(base: str, params: dict, metrics: dict, plots: list[tuple[str,
             ]
             if path == EVALUATE_METRICS and "." not in name:
                 headline.append([name, *cells])
+            elif path == EVALUATE_DETAILS and name in metrics.get(EVALUATE_METRICS, {}):
+                continue  # already in the headline table
             else:
                 other.append([f"`{path}`", name, *cells])
     lines += ["", f"### Test metrics (`{EVALUATE_METRICS}`)", ""]
