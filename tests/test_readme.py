@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pytest
 
 from conftest import ROOT
@@ -44,6 +47,7 @@ def test_a_stale_results_section_exits_1_and_says_what_to_run(tmp_path, capsys):
     stale = tmp_path / "README.md"
     stale.write_text(f"{readme.RESULTS_START}\nold\n{readme.RESULTS_END}\n")
     args = ["readme-results", "--readme", str(stale), "--metrics", str(ROOT / "metrics")]
+    args += ["--params", str(tmp_path / "params.yaml")]  # not in git: nothing to compare with
     with pytest.raises(SystemExit) as info:
         cli.main([*args, "--check"])
     assert info.value.code == 1
@@ -68,3 +72,30 @@ def test_an_include_block_is_replaced_only_for_its_results_file():
     assert readme.fill_include(text + bench, "bench/results.md", "new\n").endswith(
         "<!-- bench results: bench/results.md -->\nnew\n<!-- end of bench results -->\n"
     )
+
+
+def test_results_are_left_alone_while_params_differ_from_the_committed_ones(tmp_path, capsys):
+    # `make example` leaves an experiment's params in the workspace; `make repro` then must not
+    # write that experiment's numbers into the README as the default's
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    params = tmp_path / "params.yaml"
+    params.write_text("seed: 1\ntrain:\n  epochs: 5\n  batch_size: 32\n")
+    subprocess.run([*git, "add", "params.yaml"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "params"], cwd=tmp_path, check=True)
+    stale = tmp_path / "README.md"
+    stale.write_text(f"{readme.RESULTS_START}\nold\n{readme.RESULTS_END}\n")
+    args = ["readme-results", "--readme", str(stale), "--metrics", str(ROOT / "metrics")]
+    args += ["--params", str(params)]
+
+    params.write_text("seed: 1\ntrain:\n  epochs: 50\n  batch_size: 32\n  dropout: 0.1\n")
+    cli.main(args)
+    assert "\nold\n" in stale.read_text()
+    err = capsys.readouterr().err
+    assert "results left as they are" in err and "(`train.dropout`, `train.epochs`)" in err
+
+    params.write_text("seed: 1\ntrain: {batch_size: 32, epochs: 5}\n")  # same values
+    cli.main(args)
+    assert "| metric | MLP, test |" in stale.read_text()

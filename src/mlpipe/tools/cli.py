@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import yaml
@@ -63,6 +64,17 @@ def _report(args: argparse.Namespace) -> None:
 def _readme_results(args: argparse.Namespace) -> None:
     from mlpipe.tools import readme
 
+    changed = [] if args.check else readme.uncommitted_params(args.params)
+    if changed:
+        shown = ", ".join(f"`{key}`" for key in changed[:5]) + (", ..." if len(changed) > 5 else "")
+        print(
+            f"{args.readme}: results left as they are: {args.params} differs from the committed "
+            f"one ({shown}), and the README's results describe the committed params. Commit "
+            f"{args.params} to make this run the default, or `git checkout {args.params}` and "
+            "`dvc checkout` to go back to it; then run `make readme-results`.",
+            file=sys.stderr,
+        )
+        return
     if readme.update_readme(args.readme, args.metrics, check=args.check):
         print(f"{args.readme}: results {'match' if args.check else 'written from'} {args.metrics}/")
         return
@@ -140,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--readme", type=Path, default=Path("README.md"))
     sub.add_argument("--metrics", type=Path, default=Path("metrics"), help="metrics folder")
+    sub.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="left as they are when this differs from its committed version",
+    )
     sub.add_argument("--check", action="store_true", help="exit 1 if the section is stale")
     sub.set_defaults(func=_readme_results)
     sweep = commands.add_parser(
