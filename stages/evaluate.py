@@ -6,8 +6,8 @@ Writes: <metrics> (the headline metrics of the test split, which `dvc exp show` 
         <details> (every score: the test split's at the top level, the validation split's under
         `valid`, the scikit-learn baselines' under `baseline`, per class under `per_class`; for
         a model with several outputs, the bare names are the main output's, and `loss` (the
-        weighted total) and `outputs.<name>` are added) and <plots>/ (CSV data of the DVC plots of the test split, and PNG versions of
-        the charts that apply to the task).
+        weighted total) and `outputs.<name>` are added) and <plots>/ (CSV data of the DVC
+        plots of the test split, and PNG versions of the charts that apply to the task).
 Params: evaluate, train.loss_weights (to add up the outputs' losses). The gate
         (evaluate.thresholds) is checked after the metrics are written.
 """

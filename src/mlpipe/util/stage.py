@@ -35,6 +35,8 @@ def run(main: Callable[[], None]) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # TensorFlow's own INFO lines ("Assets written to: <temporary folder>") say nothing to a user
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
     try:
         with user_errors():
             main()
