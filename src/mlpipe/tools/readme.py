@@ -90,28 +90,14 @@ def uncommitted_params(params_file: Path) -> list[str]:
     """The keys (dotted) whose values in `params_file` differ from its committed version; empty
     when they agree or the file is not in git. The README's results describe the committed
     params, never an experiment's left in the workspace by `dvc exp run`."""
-    import yaml
+    from mlpipe.tools.presets import committed, read_yaml
+    from mlpipe.util.overrides import dotted
 
-    from mlpipe.util import git
-
-    committed = git.committed_text(params_file)
-    if committed is None or not params_file.exists():
+    old = committed(params_file)
+    if old is None or not params_file.exists():
         return []
-    old, new = (
-        _leaves(yaml.safe_load(committed) or {}),
-        _leaves(yaml.safe_load(params_file.read_text()) or {}),
-    )
+    old, new = dotted(old), dotted(read_yaml(params_file))
     return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
-
-
-def _leaves(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict) and value:
-            out |= _leaves(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def update_readme(readme: Path, metrics_dir: Path, check: bool = False) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mlpipe import MlpipeError
 from mlpipe.util import git, markdown
+from mlpipe.util.overrides import dotted
 from mlpipe.util.paths import EVALUATE_DETAILS, EVALUATE_METRICS, PLOTS_DIR
 
 
@@ -55,24 +56,14 @@ def details_diff(base_text: str | None, repo: Path) -> dict:
     """{dotted name: {"old", "new"[, "diff"]}} of the details file's changed values, laid out as
     `dvc metrics diff --json` lays out one file."""
     path = repo / EVALUATE_DETAILS
-    old = _flat(json.loads(base_text)) if base_text else {}
-    new = _flat(json.loads(path.read_text())) if path.exists() else {}
+    old = dotted(json.loads(base_text)) if base_text else {}
+    new = dotted(json.loads(path.read_text())) if path.exists() else {}
     changed = {}
     for name in sorted(old.keys() | new.keys()):
         before, after = old.get(name), new.get(name)
         if before != after:
             changed[name] = {"old": before, "new": after}
     return changed
-
-
-def _flat(scores: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in scores.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _pairs(words: list[str]) -> list[tuple[str, str]]:

@@ -1,5 +1,5 @@
-"""Param values in Hydra's override grammar, which `dvc exp run -S key=value` reads. Imports no
-TensorFlow."""
+"""Param values in Hydra's override grammar, which `dvc exp run -S key=value` reads, and nested
+values under dotted keys, as `-S` and `dvc params diff` name them. Imports no TensorFlow."""
 
 from __future__ import annotations
 
@@ -38,3 +38,15 @@ def hydra_value(value: Any) -> str:
             raise ParamsError(f"keys {bad} cannot be passed to `dvc exp run -S`; rename them")
         return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
     raise ParamsError(f"value {value!r} of type {type(value).__name__} is not a param value")
+
+
+def dotted(values: dict, prefix: str = "") -> dict[str, Any]:
+    """The leaves of nested `values` under dotted keys: {"train": {"epochs": 5}} gives
+    {"train.epochs": 5}. An empty mapping is a leaf."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            out |= dotted(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
