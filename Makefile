@@ -19,11 +19,18 @@ SPEC ?= sweeps/learning_rate.yaml
 JOBS ?= 1
 
 .PHONY: help venv repro example examples report readme-results test test-fast lint format lock
-.PHONY: hooks dag bench sweep clean push pull
+.PHONY: hooks dag bench sweep clean push pull gpu
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 venv: $(VENV)/.installed ## create .venv with the pinned dependencies
+
+gpu: venv ## swap .venv's CPU build of TensorFlow for the CUDA one (Linux with NVIDIA GPUs)
+	@version="$$($(BIN)/python -c 'import tensorflow as tf; print(tf.__version__)')" && \
+	if $(BIN)/python -m pip show --quiet tensorflow-cpu >/dev/null 2>&1; then \
+		$(BIN)/python -m pip uninstall --quiet --yes tensorflow-cpu; fi && \
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		"tensorflow[and-cuda]==$$version" && echo "TensorFlow $$version with CUDA in $(VENV)"
 
 repro: venv ## run the pipeline (dvc repro; only changed stages run), then readme-results
 	$(BIN)/dvc repro
