@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from mlpipe import dataset
+from mlpipe.evaluation import baselines
 from mlpipe.evaluation.evaluate import evaluate
 from mlpipe.modeling import models
 from mlpipe.params import load_params
@@ -34,8 +35,10 @@ def main(repo: Path) -> None:
             built, params.train, splits, schema, dirs, seed=params.seed, learning_rate=rate
         )
         models.save_model_folder(best, out / "model")
-        scores, _ = evaluate(best, schema, splits, params.evaluate, params.train.loss_weights)
-        print(scores)
+        scores, _ = evaluate(
+            best, schema, splits, params.evaluate.batch_size, params.train.loss_weights
+        )
+        print(scores, baselines.score(schema, splits) if params.evaluate.baselines else {})
         for folder in ("prepared", "export"):
             (out / folder).mkdir()
         write_prepared(out / "prepared", splits, schema)

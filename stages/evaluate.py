@@ -1,15 +1,15 @@
-"""Evaluate: score the trained model and the baselines, draw the plots, apply the quality gate.
+"""Evaluate: score the trained model, draw the plots, apply the quality gate.
 
 Reads:  <prepared>/{train,valid,test}.parquet and schema.json, <model> (model folder), and the
         DVCLive curves of training under --training.
 Writes: <metrics> (the headline metrics of the test split, which `dvc exp show` shows),
         <details> (every score: the test split's at the top level, the validation split's under
-        `valid`, the scikit-learn baselines' under `baseline`, per class under `per_class`; for
-        a model with several outputs, the bare names are the main output's, and `loss` (the
-        weighted total) and `outputs.<name>` are added) and <plots>/ (CSV data of the DVC
+        `valid`, per class under `per_class`; for a model with several outputs, the bare names
+        are the main output's, and `loss` (the weighted total) and `outputs.<name>` are added)
+        and <plots>/ (CSV data of the DVC
         plots of the test split, and PNG versions of the charts that apply to the task).
-Params: evaluate, train.loss_weights (to add up the outputs' losses). The gate
-        (evaluate.thresholds) is checked after the metrics are written.
+Params: evaluate.batch_size, evaluate.thresholds, train.loss_weights (to add up the outputs'
+        losses). The gate (evaluate.thresholds) is checked after the metrics are written.
 """
 
 import argparse
@@ -46,9 +46,9 @@ def main() -> None:
 
     model = models.load_model_folder(args.model)
 
-    # Score the model and the baselines on the same splits; draw the plots
+    # Score the model on the validation and test splits; draw the plots
     scores, plot_files = evaluate(
-        model, schema, splits, params.evaluate, params.train.loss_weights, training
+        model, schema, splits, params.evaluate.batch_size, params.train.loss_weights, training
     )
 
     # Write, then gate

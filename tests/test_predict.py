@@ -34,7 +34,7 @@ STAGES = [
             *("--dvclive", "live", "--tensorboard", "tb", "--learning-rate", "rate.json"),
         ],
     ),
-    ("evaluate", ["prepared", "model", "evaluate.json", "plots"]),
+    ("evaluate", ["prepared", "model", "evaluate.json", "details.json", "plots"]),
     ("export", ["prepared", "model", "export"]),
 ]
 

@@ -15,8 +15,7 @@ import pandas as pd
 import tensorflow as tf
 from keras import ops
 
-from mlpipe.schema import Feature, Schema
-from mlpipe.util.files import plain
+from mlpipe.schema import Feature, Schema, encode_target
 from mlpipe.util.tables import DataError, to_categories, to_numeric
 
 PREPROCESS = "preprocess"
@@ -44,18 +43,6 @@ def model_inputs(
             values = to_categories(column)
         inputs[feature.input] = values.reshape(-1, 1)
     return inputs
-
-
-def encode_target(target: pd.Series, schema: Schema) -> np.ndarray:
-    """Class labels become indices into `schema.classes`; regression targets become float32."""
-    if schema.classes is None:
-        return target.to_numpy(dtype=np.float32)
-    index = {label: i for i, label in enumerate(schema.classes)}
-    codes = target.map(lambda v: index.get(plain(v), -1)).to_numpy(dtype=np.int64)
-    unknown = sorted(set(target[codes < 0].map(plain)))
-    if unknown:
-        raise DataError(f"target `{schema.target}` has labels not in the schema: {unknown}")
-    return codes
 
 
 def inputs_and_target(frame: pd.DataFrame, schema: Schema) -> tuple[dict, np.ndarray]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, TypeVar
 
+import numpy as np
 import pandas as pd
 from pydantic import (
     BaseModel,
@@ -21,7 +22,9 @@ from pydantic import (
 
 from mlpipe import MlpipeError
 from mlpipe.util import files
+from mlpipe.util.files import plain
 from mlpipe.util.paths import SCHEMA_FILE
+from mlpipe.util.tables import DataError
 
 SPLITS = ("train", "valid", "test")
 
@@ -89,6 +92,18 @@ class Schema(Record):
 
 
 R = TypeVar("R", bound=Record)
+
+
+def encode_target(target: pd.Series, schema: Schema) -> np.ndarray:
+    """Class labels become indices into `schema.classes`; regression targets become float32."""
+    if schema.classes is None:
+        return target.to_numpy(dtype=np.float32)
+    index = {label: i for i, label in enumerate(schema.classes)}
+    codes = target.map(lambda v: index.get(plain(v), -1)).to_numpy(dtype=np.int64)
+    unknown = sorted(set(target[codes < 0].map(plain)))
+    if unknown:
+        raise DataError(f"target `{schema.target}` has labels not in the schema: {unknown}")
+    return codes
 
 
 def read_record(kind: type[R], path: Path, remedy: str) -> R:

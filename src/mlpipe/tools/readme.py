@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mlpipe import MlpipeError
 from mlpipe.util import markdown
-from mlpipe.util.paths import EVALUATE_DETAILS, TRAIN_METRICS
+from mlpipe.util.paths import BASELINES_DETAILS, EVALUATE_DETAILS, TRAIN_METRICS
 
 RESULTS_START = (
     "<!-- results: generated from metrics/ by `make readme-results`; edits here are overwritten -->"
@@ -81,6 +81,9 @@ def replace_results(readme: str, block: str) -> str:
 
 def readme_results(metrics_dir: Path) -> str:
     evaluate = json.loads((metrics_dir / Path(EVALUATE_DETAILS).relative_to("metrics")).read_text())
+    baselines_file = metrics_dir / Path(BASELINES_DETAILS).relative_to("metrics")
+    if baselines_file.exists():
+        evaluate["baseline"] = json.loads(baselines_file.read_text())
     train_file = metrics_dir / Path(TRAIN_METRICS).name
     train = json.loads(train_file.read_text()) if train_file.exists() else None
     return results_markdown(evaluate, train)

@@ -16,7 +16,7 @@ from pathlib import Path
 from mlpipe import MlpipeError
 from mlpipe.util import git, markdown
 from mlpipe.util.overrides import dotted
-from mlpipe.util.paths import EVALUATE_DETAILS, EVALUATE_METRICS, PLOTS_DIR
+from mlpipe.util.paths import BASELINES_DETAILS, EVALUATE_DETAILS, EVALUATE_METRICS, PLOTS_DIR
 
 
 class ReportError(MlpipeError):
@@ -40,9 +40,10 @@ def collect(base: str, repo: Path) -> tuple[dict, dict, list[tuple[str, str]]]:
         )
     params = _dvc_json(["params", "diff", base], repo)
     metrics = _dvc_json(["metrics", "diff", base], repo)
-    details = details_diff(git.committed_text(repo / EVALUATE_DETAILS, base), repo)
-    if details:
-        metrics[EVALUATE_DETAILS] = details
+    for path in (EVALUATE_DETAILS, BASELINES_DETAILS):
+        details = details_diff(path, git.committed_text(repo / path, base), repo)
+        if details:
+            metrics[path] = details
     # The working tree against base, and files not yet added to git
     diff = git.run("diff", "--name-status", "--no-renames", base, "--", PLOTS_DIR, cwd=repo)
     status = {"A": "added", "D": "removed"}
@@ -52,12 +53,11 @@ def collect(base: str, repo: Path) -> tuple[dict, dict, list[tuple[str, str]]]:
     return params, metrics, sorted(plots.items())
 
 
-def details_diff(base_text: str | None, repo: Path) -> dict:
-    """{dotted name: {"old", "new"[, "diff"]}} of the details file's changed values, laid out as
-    `dvc metrics diff --json` lays out one file."""
-    path = repo / EVALUATE_DETAILS
+def details_diff(path: str, base_text: str | None, repo: Path) -> dict:
+    """{dotted name: {"old", "new"}} of the changed values of a details file (in git, not a DVC
+    metric), laid out as `dvc metrics diff --json` lays out one file."""
     old = dotted(json.loads(base_text)) if base_text else {}
-    new = dotted(json.loads(path.read_text())) if path.exists() else {}
+    new = dotted(json.loads((repo / path).read_text())) if (repo / path).exists() else {}
     changed = {}
     for name in sorted(old.keys() | new.keys()):
         before, after = old.get(name), new.get(name)

@@ -26,5 +26,6 @@ EVALUATE_METRICS = "metrics/evaluate.json"  # the headline test metrics, which D
 # every score: both splits, per class, the baselines; in git, not a DVC metric, so that
 # `dvc exp show` stays readable; `mlpipe report` diffs it
 EVALUATE_DETAILS = "metrics/details/evaluate.json"
+BASELINES_DETAILS = "metrics/details/baselines.json"  # the baselines stage's, laid out the same
 LR_FIND_METRICS = "metrics/lr_find.json"
 PLOTS_DIR = "plots"
