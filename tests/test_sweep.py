@@ -198,6 +198,7 @@ def test_shards_split_the_trials_so_that_together_they_run_each_once(tmp_path, c
         )
         lines = capsys.readouterr().out.splitlines()
         queued[index] = [line.split(" -n ")[1].split()[0] for line in lines if "--queue" in line]
+        assert all(line.endswith(" evaluate") for line in lines if "--queue" in line)
         assert lines[-1] == f"dvc exp push origin {' '.join(queued[index])}"
     assert queued == {1: ["seeds-1", "seeds-4"], 2: ["seeds-2", "seeds-5"], 3: ["seeds-3"]}
     for bad in ("0/2", "3/2", "two"):
@@ -208,7 +209,7 @@ def test_shards_split_the_trials_so_that_together_they_run_each_once(tmp_path, c
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_two_by_two_sweep_yields_four_ranked_experiments(tmp_path):
-    from test_pipeline import TINY, run
+    from test_pipeline import TINY, run, stages_run
 
     clone = tmp_path / "repo"
     run(["git", "clone", "-q", str(ROOT), str(clone)], cwd=ROOT)
@@ -245,3 +246,8 @@ def test_two_by_two_sweep_yields_four_ranked_experiments(tmp_path):
     best = min(values, key=values.get)
     assert rows[0].startswith(f"| 1 | {best} |")
     assert f"dvc exp apply {best}" in result.stdout
+    # each experiment ran up to evaluate, not export; applying the best, dvc repro finishes it
+    log = result.stdout + result.stderr
+    assert "Running stage 'evaluate'" in log and "Running stage 'export'" not in log
+    run(["dvc", "exp", "apply", best], cwd=clone)
+    assert stages_run(run(["dvc", "repro"], cwd=clone)) == {"export"}

@@ -100,6 +100,7 @@ def _sweep(args: argparse.Namespace) -> None:
         shard=sweep.parse_shard(args.shard),
         push=args.push,
         remote=args.remote,
+        until=None if args.until == "all" else args.until,
     )
 
 
@@ -189,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument(
         "--remote", metavar="GIT_REMOTE", help="with --show: fetch the experiments from here first"
+    )
+    sweep.add_argument(
+        "--until",
+        default="evaluate",
+        metavar="STAGE",
+        help="run each experiment up to this stage (default evaluate: what the ranking and its "
+        "table need); `all` runs every stage",
     )
     return parser
 

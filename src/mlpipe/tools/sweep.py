@@ -174,6 +174,10 @@ class Sweep:
     prefix: str
     run: Runner = subprocess.run
     shard: tuple[int, int] = (1, 1)
+    # The stage each experiment runs up to (with what it needs), or None for the whole pipeline.
+    # The ranking needs train's metrics and the table shows evaluate's; export waits for the
+    # chosen experiment (`dvc exp apply`, then `dvc repro`).
+    until: str | None = "evaluate"
 
     def __post_init__(self):
         self.spec = load_spec(self.spec_path)
@@ -189,8 +193,18 @@ class Sweep:
         self.mine = [i for i in range(len(self.trials)) if i % count == index - 1]
 
     def commands(self) -> list[list[str]]:
+        target = [self.until] if self.until else []
         return [
-            ["dvc", "exp", "run", "--queue", "-n", self.names[i], *overrides(self.trials[i])]
+            [
+                "dvc",
+                "exp",
+                "run",
+                "--queue",
+                "-n",
+                self.names[i],
+                *overrides(self.trials[i]),
+                *target,
+            ]
             for i in self.mine
         ]
 
@@ -261,8 +275,11 @@ class Sweep:
         if self.spec.description:
             lines[0:0] = [textwrap.fill(self.spec.description.strip(), 100), ""]
         lines.append(board.markdown())
+        finish = f" and `dvc repro` runs the stages after `{self.until}`" if self.until else ""
         if board.best:
-            lines.append(f"Best: `{board.best}`; `dvc exp apply {board.best}` applies it.\n")
+            lines.append(
+                f"Best: `{board.best}`; `dvc exp apply {board.best}` applies it{finish}.\n"
+            )
             if remote:
                 lines[-1] = (
                     f"Best: `{board.best}`; `dvc exp pull {remote} {board.best} && dvc exp apply "
@@ -285,6 +302,7 @@ def run_sweep(
     shard: tuple[int, int] = (1, 1),
     push: str | None = None,
     remote: str | None = None,
+    until: str | None = "evaluate",
     run: Runner = subprocess.run,
 ) -> Leaderboard | None:
     """Check, queue and run a sweep (or shard I of N of it), then print its leaderboard and
@@ -295,7 +313,7 @@ def run_sweep(
     fetched first from git remote `remote` if given; `push` names the git remote that finished
     experiments are pushed to.
     """
-    sweep = Sweep(spec_path, params_file, prefix or spec_path.stem, run, shard)
+    sweep = Sweep(spec_path, params_file, prefix or spec_path.stem, run, shard, until)
     sharded = shard != (1, 1)
     if dry_run:
         for command in sweep.commands():
