@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 class Section(BaseModel):
     """Base of every params section: unknown keys are errors and loaded params never change."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 def describe(error: Mapping[str, Any], root: type[BaseModel]) -> str:
@@ -38,7 +38,39 @@ def describe(error: Mapping[str, Any], root: type[BaseModel]) -> str:
         return f"`{path}`: required key is missing"
     got = error.get("input")
     got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"`{path}`: {error['msg'].removeprefix('Value error, ')}{got_text}"
+    if error["type"] == "string_pattern_mismatch":
+        if "[key]" in path:  # a mapping's key: name the mapping, not the key's position
+            path = _format_path(tuple(p for p in loc[:-2]))
+        return (
+            f"`{path}`: {got!r} is not a valid name: use lowercase letters, digits and "
+            "underscores, starting with a letter"
+        )
+    message = error["msg"].removeprefix("Value error, ")
+    if isinstance(got, bool) and error["type"] in _NUMBER_ERRORS:
+        message += "; true and false are not numbers"
+    return f"`{path}`: {message}{got_text}"
+
+
+def merge_alternatives(lines: list[str]) -> list[str]:
+    """One line per key: pydantic reports each member of a union (`'auto'`, an integer)
+    separately; `Input should be 'auto' or a valid integer (got 'fast')` says it at once."""
+    merged: dict[str, list[str]] = {}
+    for line in lines:
+        match = re.match(r"^(`[^`]+`): Input should be (.*?)( \(got .*\))?$", line)
+        key = match[1] if match else line
+        merged.setdefault(key, []).append(line)
+    out = []
+    for key, group in merged.items():
+        parts = [re.match(r"^`[^`]+`: Input should be (.*?)( \(got .*\))?$", g) for g in group]
+        if len(group) > 1 and all(parts):
+            wanted = " or ".join(p[1] for p in parts if p)
+            out.append(f"{key}: Input should be {wanted}{parts[0][2] or ''}")  # type: ignore[index]
+        else:
+            out += group
+    return out
+
+
+_NUMBER_ERRORS = {"int_type", "float_type", "int_parsing", "float_parsing"}
 
 
 _UNION_TAG = re.compile(r"^([a-z-]+\[.*\]|constrained-[a-z]+)$")
