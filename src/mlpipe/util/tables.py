@@ -248,7 +248,13 @@ def _layout(path: Path, csv_params: CsvParams) -> _Layout:
     try:
         sample = codecs.getincrementaldecoder(encoding)().decode(head, final=False)
     except UnicodeDecodeError:
-        raise _encoding_error(path, csv_params) from None
+        header = head.split(b"\n", 1)[0].decode(encoding, errors="replace")
+        sep = csv_params.sep or _sniff_delimiter(header)
+        names = [
+            n.strip() for n in next(csv.reader([header.removeprefix("\ufeff")], delimiter=sep))
+        ]
+        layout = _Layout(sep=sep, raw_names=names, names=names, encoding=encoding)
+        raise _encoding_error(path, csv_params, layout) from None
     sample = sample.removeprefix("\ufeff")  # the byte-order mark Excel writes in "CSV UTF-8"
     if not sample.strip():
         raise DataError(f"{path}: the file is empty")
@@ -347,8 +353,12 @@ def _read_error(path: Path, csv_params: CsvParams, layout: _Layout, err: Excepti
         return _encoding_error(path, csv_params, layout)
     counts = re.search(r"Expected (\d+) columns, got (\d+)", str(err))
     if counts:
-        line, fields = _ragged_line(path, layout)
-        where = f"line {line} has {fields} fields" if line else f"a row has {counts[2]} fields"
+        line, fields, text = _ragged_line(path, layout)
+        where = (
+            f"line {line} ({text[:60]!r}) has {fields} field{'s' * (fields != 1)}"
+            if line
+            else f"a row has {counts[2]} fields"
+        )
         sep = layout.sep
         return DataError(
             f"{path}: {where} where the header has {len(layout.names)} (fields split on "
@@ -358,7 +368,7 @@ def _read_error(path: Path, csv_params: CsvParams, layout: _Layout, err: Excepti
     return DataError(f"{path}: cannot be read as CSV ({err}); check data.csv.sep and the quoting")
 
 
-def _encoding_error(path: Path, csv_params: CsvParams, layout: _Layout | None = None) -> DataError:
+def _encoding_error(path: Path, csv_params: CsvParams, layout: _Layout) -> DataError:
     """The first line that is not in the configured encoding, its column and a likely one."""
     encoding = csv_params.encoding
     line_number, raw = 0, b""
@@ -369,16 +379,14 @@ def _encoding_error(path: Path, csv_params: CsvParams, layout: _Layout | None = 
             except UnicodeDecodeError:
                 break
     column = ""
-    if layout is not None or line_number > 1:
-        sep = layout.sep if layout else (csv_params.sep or ",")
-        fields = next(csv.reader([raw.decode("latin-1")], delimiter=sep), [])
-        for i, field in enumerate(fields):
-            try:
-                field.encode("latin-1").decode(encoding)
-            except UnicodeDecodeError:
-                names = layout.names if layout else []
-                column = f", column `{names[i]}`" if i < len(names) else f", field {i + 1}"
-                break
+    fields = next(csv.reader([raw.decode("latin-1")], delimiter=layout.sep), [])
+    for i, field in enumerate(fields):
+        try:
+            field.encode("latin-1").decode(encoding)
+        except UnicodeDecodeError:
+            names = layout.names if line_number > 1 else []
+            column = f", column `{names[i]}`" if i < len(names) else f", field {i + 1}"
+            break
     try:
         raw.decode("cp1252")
         likely = "cp1252"
@@ -393,16 +401,16 @@ def _encoding_error(path: Path, csv_params: CsvParams, layout: _Layout | None = 
     )
 
 
-def _ragged_line(path: Path, layout: _Layout) -> tuple[int, int]:
-    """The first line whose field count differs from the header's, and its count; (0, 0)
-    where the csv module reads the file differently from Arrow."""
+def _ragged_line(path: Path, layout: _Layout) -> tuple[int, int, str]:
+    """The first line whose field count differs from the header's, its count and its text;
+    (0, 0, "") where the csv module reads the file differently from Arrow."""
     encoding = "utf-8-sig" if layout.encoding == "utf8" else layout.encoding
     with open(path, newline="", encoding=encoding, errors="replace") as handle:
         reader = csv.reader(handle, delimiter=layout.sep)
         for row in reader:
             if row and len(row) != len(layout.names):
-                return reader.line_num, len(row)
-    return 0, 0
+                return reader.line_num, len(row), layout.sep.join(row)
+    return 0, 0, ""
 
 
 def _sniff_delimiter(sample: str) -> str:
