@@ -25,7 +25,8 @@ help: ## list the targets
 
 venv: $(VENV)/.installed ## create .venv with the pinned dependencies
 
-repro: venv ## run the pipeline (dvc repro; only changed stages run), then readme-results
+repro: venv ## check params.yaml, run the pipeline (dvc repro; only changed stages run), then readme-results
+	$(BIN)/mlpipe params check
 	$(BIN)/dvc repro
 	$(BIN)/mlpipe readme-results
 

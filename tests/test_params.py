@@ -139,13 +139,19 @@ def test_learning_rate_is_a_positive_number_or_auto():
         ),
         (
             {"train": {"epochs": True}},
-            "`train.epochs`: Input should be a valid integer; true and false are not numbers "
-            "(got True)",
+            "`train.epochs`: true and false are not numbers; give a number (got True)",
         ),
-        ({"train": {"batch_size": 32.0}}, "`train.batch_size`: Input should be a valid integer"),
+        (
+            {"model": {"hidden_units": [64, True]}},
+            "`model.hidden_units`: true and false are not numbers; give a number",
+        ),
+        (
+            {"train": {"loss_weights": {"main": 1.0, "aux": True}}},
+            "`train.loss_weights`: true and false are not numbers; give a number",
+        ),
         (
             {"model": {"dropout": False}},
-            "`model.dropout`: Input should be a valid number; true and false are not numbers",
+            "`model.dropout`: true and false are not numbers; give a number (got False)",
         ),
         (
             {"data": {"features": {"include": []}}},
@@ -159,7 +165,7 @@ def test_learning_rate_is_a_positive_number_or_auto():
         ),
         (
             {"train": {"steps_per_execution": "fast"}},
-            "`train.steps_per_execution`: Input should be 'auto' or a valid integer (got 'fast')",
+            "`train.steps_per_execution`: Input should be 'auto' or a valid integer",
         ),
         (
             {"evaluate": {"thresholds": {"F1": 0.9}}},
@@ -195,3 +201,9 @@ def test_a_missing_params_file_says_where_and_what_to_do(tmp_path, monkeypatch):
         "dvc.yaml), restore it with `git checkout -- params.yaml`, or start from the README's "
         "params"
     )
+
+
+def test_a_number_yaml_reads_as_text_is_still_a_number():
+    # PyYAML reads 1e-5 (no dot) as a string: a number field still takes it.
+    params = parse_params(yaml.safe_load("lr_find:\n  min_lr: 1e-5\n"))
+    assert params.lr_find.min_lr == 1e-5

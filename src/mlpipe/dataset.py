@@ -394,7 +394,8 @@ def data_warnings(splits: dict[str, pd.DataFrame], schema: Schema) -> list[str]:
     train, test = splits["train"], splits["test"]
     names = schema.feature_names
     warnings = []
-    constant = [c for c in names if train[c].nunique(dropna=False) <= 1]
+    distinct = train[names].nunique(dropna=False) if names else pd.Series(dtype=int)
+    constant = [c for c in names if distinct[c] <= 1]
     if constant:
         warnings.append(f"constant in the training split, so useless as features: {constant}")
     shared = int(
@@ -408,8 +409,11 @@ def data_warnings(splits: dict[str, pd.DataFrame], schema: Schema) -> list[str]:
             "score overstates performance on new rows"
         )
     target = train[schema.target]
-    for name in names:
-        if train[name].equals(target) or train[name].astype(str).equals(target.astype(str)):
+    target_text = target.astype(str)
+    # Only a column with as many distinct values as the target can copy it: compare those.
+    alike = [c for c in names if distinct[c] == target.nunique(dropna=False)]
+    for name in alike:
+        if train[name].equals(target) or train[name].astype(str).equals(target_text):
             warnings.append(f"feature `{name}` is identical to the target: a leak; exclude it")
     return warnings
 

@@ -10,13 +10,33 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 
 class Section(BaseModel):
-    """Base of every params section: unknown keys are errors and loaded params never change."""
+    """Base of every params section: unknown keys are errors, loaded params never change, and
+    true/false is no number (pydantic would read `epochs: true` as 1)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        annotation = cls.model_fields[info.field_name or ""].annotation
+        values = value if isinstance(value, list) else [value]
+        values = list(value.values()) if isinstance(value, dict) else values
+        if any(isinstance(v, bool) for v in values) and not _takes_bool(annotation):
+            raise ValueError("true and false are not numbers; give a number")
+        return value
+
+
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field of this type may hold true/false (anywhere, e.g. in a union)."""
+    if annotation is bool or annotation is Any:
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True  # a section checks its own fields
+    return any(_takes_bool(arg) for arg in typing.get_args(annotation))
 
 
 def describe(error: Mapping[str, Any], root: type[BaseModel]) -> str:
@@ -46,8 +66,6 @@ def describe(error: Mapping[str, Any], root: type[BaseModel]) -> str:
             "underscores, starting with a letter"
         )
     message = error["msg"].removeprefix("Value error, ")
-    if isinstance(got, bool) and error["type"] in _NUMBER_ERRORS:
-        message += "; true and false are not numbers"
     return f"`{path}`: {message}{got_text}"
 
 
@@ -68,9 +86,6 @@ def merge_alternatives(lines: list[str]) -> list[str]:
         else:
             out += group
     return out
-
-
-_NUMBER_ERRORS = {"int_type", "float_type", "int_parsing", "float_parsing"}
 
 
 _UNION_TAG = re.compile(r"^([a-z-]+\[.*\]|constrained-[a-z]+)$")
