@@ -14,7 +14,7 @@ from mlpipe import dataset
 from mlpipe.params import CsvParams, DataParams
 from mlpipe.schema import Schema, read_schema, read_splits, write_prepared
 from mlpipe.serving.metadata import ExportMetadata, LearnedFeature
-from mlpipe.util.tables import read_table, to_numeric
+from mlpipe.util.tables import iter_table, read_table, to_numeric
 
 
 def labelled_frame(n=200, seed=0):
@@ -175,6 +175,21 @@ def test_csv_is_read_like_a_person_would_read_it(tmp_path):
     assert frame["flag"].dtype == bool and frame["label"].dtype == bool
     with pytest.raises(dataset.DataError, match="`size` is numeric but row 2 holds 'x'"):
         to_numeric(pd.Series(["1", "x"], name="size"), "f.csv")
+
+
+def test_chunks_for_prediction_hold_the_values_prepare_reads(tmp_path):
+    path = tmp_path / "mixed.csv"
+    path.write_text(mixed_csv(60) + "60;1e3;red;yes;true\n")
+    whole = read_table(path, CsvParams())
+    chunks = list(iter_table(path, CsvParams(), 7, numeric=["id", "size", "flag"]))
+    assert [len(c) for c in chunks] == [7] * 8 + [5]
+    frame = pd.concat(chunks, ignore_index=True)
+    for name in ["id", "size", "flag"]:  # flag holds true/false words: 1 and 0
+        np.testing.assert_array_equal(
+            to_numeric(frame[name], "f"), to_numeric(whole[name], "f"), err_msg=name
+        )
+    assert frame["size"].dtype == "float64" and frame["size"].isna().sum() == 6
+    assert frame["colour"].tolist() == whole["colour"].tolist()
 
 
 def test_byte_order_mark_encodings_and_markers_are_read_as_configured(tmp_path):

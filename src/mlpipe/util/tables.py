@@ -30,6 +30,7 @@ CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 SNIFF_BYTES = 64 * 1024
 READ_BLOCK_BYTES = 16 * 2**20
+_NULL_TEXT = pa.scalar(None, pa.string())
 # Bytes that text tables do not hold: anything below a space but tab, newline, carriage return.
 CONTROL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 13))
 BINARY_SIGNATURES = {
@@ -317,14 +318,29 @@ def _cells(
     is a number."""
     columns = []
     for raw_name, column in zip(table.column_names, table.columns, strict=True):
+        number = _as_number(column, markers) if raw_name in numeric else None
+        if number is not None:
+            columns.append(number)
+            continue
         column = pc.utf8_trim_whitespace(column)
-        missing = pc.is_in(column, value_set=markers)
-        column = pc.if_else(missing, pa.scalar(None, pa.string()), column)
+        column = pc.if_else(pc.is_in(column, value_set=markers), _NULL_TEXT, column)
         if raw_name in numeric:
             with contextlib.suppress(pa.ArrowInvalid):  # else `to_numeric` names the row
                 column = pc.cast(column, pa.float64())
         columns.append(column)
     return pa.table(columns, names=names).to_pandas()
+
+
+def _as_number(column: pa.ChunkedArray, markers: pa.Array) -> pa.ChunkedArray | None:
+    """The column as float64 when no cell needs trimming (Arrow's cast refuses padding, so a
+    cast that succeeds saw none), else None: the common case without the trimming's copy."""
+    marked = pc.is_in(column, value_set=markers)
+    if pc.any(marked).as_py():
+        column = pc.if_else(marked, _NULL_TEXT, column)
+    try:
+        return pc.cast(column, pa.float64())
+    except pa.ArrowInvalid:
+        return None
 
 
 def _refuse_binary(path: Path, head: bytes, encoding: str) -> None:
