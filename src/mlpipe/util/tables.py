@@ -130,7 +130,8 @@ def to_numeric(column: pd.Series, where: str, first_row: int = 1) -> np.ndarray:
     if pd.api.types.is_bool_dtype(column):
         return column.to_numpy(dtype=np.float32)
     if pd.api.types.is_numeric_dtype(column):
-        values = column.to_numpy(dtype=np.float32, na_value=np.nan)
+        with np.errstate(over="ignore"):  # beyond float32: inf, which `_finite` reports
+            values = column.to_numpy(dtype=np.float32, na_value=np.nan)
         return _finite(values, column, where, first_row)
     column = column.astype("str")
     numbers = pd.to_numeric(column, errors="coerce")
@@ -147,7 +148,9 @@ def to_numeric(column: pd.Series, where: str, first_row: int = 1) -> np.ndarray:
             f"{column.iloc[position]!r} ({int(junk.sum())} such rows); fix the value, add its "
             "marker to data.csv.na_values, or declare the column in data.categorical"
         )
-    return _finite(numbers.to_numpy(dtype=np.float32, na_value=np.nan), column, where, first_row)
+    with np.errstate(over="ignore"):
+        values = numbers.to_numpy(dtype=np.float32, na_value=np.nan)
+    return _finite(values, column, where, first_row)
 
 
 def _finite(values: np.ndarray, column: pd.Series, where: str, first_row: int) -> np.ndarray:
@@ -155,8 +158,9 @@ def _finite(values: np.ndarray, column: pd.Series, where: str, first_row: int) -
     if not np.isinf(values).any():
         return values
     rows = np.flatnonzero(np.isinf(values))
+    value = column.iloc[rows[0]]
     raise DataError(
-        f"{where}: column `{column.name}` holds {column.iloc[rows[0]]!r} in row "
+        f"{where}: column `{column.name}` holds {getattr(value, 'item', lambda: value)()!r} in row "
         f"{rows[0] + first_row} ({len(rows)} such rows): infinite, or beyond float32's "
         f"±{FLOAT32_MAX:.3g}; a model cannot use it. Fix the value, or list it in "
         "data.csv.na_values to read it as missing"
