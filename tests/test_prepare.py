@@ -192,6 +192,17 @@ def test_chunks_for_prediction_hold_the_values_prepare_reads(tmp_path):
     assert frame["colour"].tolist() == whole["colour"].tolist()
 
 
+def test_leading_blank_lines_and_a_header_longer_than_the_sniffed_bytes(tmp_path):
+    (tmp_path / "blank.csv").write_text("\n\nx,y\n1,a\n")
+    assert read_table(tmp_path / "blank.csv", CsvParams()).to_dict("list") == {
+        "x": [1],
+        "y": ["a"],
+    }
+    names = [f"column_number_{i}" for i in range(8000)]  # a 150 KB header
+    (tmp_path / "wide.csv").write_text(",".join(names) + "\n" + ",".join(["1"] * 8000) + "\n")
+    assert list(read_table(tmp_path / "wide.csv", CsvParams()).columns) == names
+
+
 def test_byte_order_mark_encodings_and_markers_are_read_as_configured(tmp_path):
     (tmp_path / "bom.csv").write_bytes("\ufeffmean_radius,y\n1.5,a\n".encode())
     assert list(read_table(tmp_path / "bom.csv", CsvParams()).columns) == ["mean_radius", "y"]

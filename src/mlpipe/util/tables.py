@@ -242,12 +242,18 @@ class _Layout:
     raw_names: list[str]
     names: list[str]
     encoding: str
+    header_line: int = 1
 
 
 def _layout(path: Path, csv_params: CsvParams) -> _Layout:
     """Check the file's first bytes (binary? decodable?), find the delimiter and the header."""
     with open(path, "rb") as handle:
         head = handle.read(SNIFF_BYTES)
+        while b"\n" not in head.lstrip(b"\r\n") and len(head) < READ_BLOCK_BYTES:
+            more = handle.read(SNIFF_BYTES)  # a header of many columns: read all of it
+            if not more:
+                break
+            head += more
     encoding = codecs.lookup(csv_params.encoding).name
     _refuse_binary(path, head, encoding)
     try:
@@ -264,11 +270,13 @@ def _layout(path: Path, csv_params: CsvParams) -> _Layout:
     if not sample.strip():
         raise DataError(f"{path}: the file is empty")
     sep = csv_params.sep or _sniff_delimiter(sample)
-    raw_names = next(csv.reader([sample.splitlines()[0]], delimiter=sep))
+    lines = sample.splitlines()
+    blank = next(i for i, line in enumerate(lines) if line.strip())  # skipped, as pandas does
+    raw_names = next(csv.reader([lines[blank]], delimiter=sep))
     names = [name.strip() for name in raw_names]
     _check_unique(path, names)
     arrow_encoding = "utf8" if encoding in ("utf-8", "utf-8-sig") else encoding
-    return _Layout(sep=sep, raw_names=raw_names, names=names, encoding=arrow_encoding)
+    return _Layout(sep, raw_names, names, arrow_encoding, header_line=blank + 1)
 
 
 def _csv_chunks(
@@ -289,7 +297,7 @@ def _csv_chunks(
             path,
             read_options=pa_csv.ReadOptions(
                 column_names=layout.raw_names,
-                skip_rows=1,
+                skip_rows=layout.header_line,
                 block_size=READ_BLOCK_BYTES,
                 encoding=layout.encoding,
             ),
