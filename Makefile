@@ -32,7 +32,8 @@ gpu: venv ## swap .venv's CPU build of TensorFlow for the CUDA one (Linux with N
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
 		"tensorflow[and-cuda]==$$version" && echo "TensorFlow $$version with CUDA in $(VENV)"
 
-repro: venv ## run the pipeline (dvc repro; only changed stages run), then readme-results
+repro: venv ## check params.yaml, run the pipeline (dvc repro; only changed stages run), then readme-results
+	$(BIN)/mlpipe params check
 	$(BIN)/dvc repro
 	$(BIN)/mlpipe readme-results
 

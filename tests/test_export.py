@@ -77,7 +77,7 @@ def test_metadata_extends_the_schema_and_records_provenance(exported, prepared_d
     raw = json.loads((out / METADATA_FILE).read_text())
     assert raw["features"][10]["median"] == meta.features[10].median
     assert "categories" not in raw["features"][10]
-    assert raw["csv"] == {"na_values": list(meta.csv.na_values), "sep": None}
+    assert raw["csv"] == {"na_values": list(meta.csv.na_values), "sep": None, "encoding": "utf-8"}
 
 
 def test_formats_param_limits_what_is_written(prepared_dir, tmp_path):

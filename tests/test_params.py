@@ -126,3 +126,84 @@ def test_learning_rate_is_a_positive_number_or_auto():
     assert "constrained" not in message
     message = error_of({"lr_find": {"min_lr": 1.0, "max_lr": 0.1}})
     assert "`lr_find`: min_lr (1.0) must be below max_lr (0.1)" in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            {"train": {"monitor": "val_f1"}},
+            "`train.monitor`: not a value Keras reports; choose val_loss, val_accuracy "
+            "(classification), val_rmse or val_mae (regression); with model.aux_output, also per "
+            "output: val_main_loss,",
+        ),
+        (
+            {"train": {"epochs": True}},
+            "`train.epochs`: true and false are not numbers; give a number (got True)",
+        ),
+        (
+            {"model": {"hidden_units": [64, True]}},
+            "`model.hidden_units`: true and false are not numbers; give a number",
+        ),
+        (
+            {"train": {"loss_weights": {"main": 1.0, "aux": True}}},
+            "`train.loss_weights`: true and false are not numbers; give a number",
+        ),
+        (
+            {"model": {"dropout": False}},
+            "`model.dropout`: true and false are not numbers; give a number (got False)",
+        ),
+        (
+            {"data": {"features": {"include": []}}},
+            "`data.features.include`: an empty list selects no feature; remove the key (or set "
+            "it to null) to use every column with no other role",
+        ),
+        (
+            {"export": {"formats": ["onnx"]}},
+            "`export.formats`: onnx is not listed in export.formats (keras, saved_model) but "
+            "switched on by its own key: export.onnx: true",
+        ),
+        (
+            {"train": {"steps_per_execution": "fast"}},
+            "`train.steps_per_execution`: Input should be 'auto' or a valid integer",
+        ),
+        (
+            {"evaluate": {"thresholds": {"F1": 0.9}}},
+            "`evaluate.thresholds`: 'F1' is not a valid name: use lowercase letters, digits and "
+            "underscores",
+        ),
+        (
+            {"data": {"csv": {"encoding": "utf-9"}}},
+            "`data.csv.encoding`: unknown text encoding; use a Python codec name such as utf-8, "
+            "cp1252, latin-1 or utf-16 (got 'utf-9')",
+        ),
+        (
+            {"data": {"source": "a.csv", "target_map": {"a.": "a"}}},
+            "data.target_map renames labels of data.target: name the target",
+        ),
+        (
+            {"model": {"activation": "relu6"}},
+            "`model.activation`: Input should be 'relu', 'leaky_relu', 'elu', 'selu', 'gelu', "
+            "'silu', 'swish', 'tanh' or 'sigmoid' (got 'relu6')",
+        ),
+    ],
+)
+def test_refusals_say_what_is_valid(raw, expected):
+    assert expected in error_of(raw)
+
+
+def test_a_missing_params_file_says_where_and_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ParamsError) as info:
+        load_params()
+    assert str(info.value) == (
+        f"params.yaml: file not found in {tmp_path}; run from the project root (the folder of "
+        "dvc.yaml), restore it with `git checkout -- params.yaml`, or start from the README's "
+        "params"
+    )
+
+
+def test_a_number_yaml_reads_as_text_is_still_a_number():
+    # PyYAML reads 1e-5 (no dot) as a string: a number field still takes it.
+    params = parse_params(yaml.safe_load("lr_find:\n  min_lr: 1e-5\n"))
+    assert params.lr_find.min_lr == 1e-5

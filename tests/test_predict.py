@@ -157,7 +157,41 @@ def test_input_problems_name_the_column_and_row_and_write_nothing(project, tmp_p
     (tmp_path / "empty.csv").write_text("age,monthly_fee,city,plan\n")
     with pytest.raises(DataError, match="no data rows"):
         predict.predict_file(model, meta, tmp_path / "empty.csv", tmp_path / "out.csv")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.csv", "junk.csv", "missing.csv"]
+    bad = {
+        "inf.csv": (
+            "\n".join([*lines[:3], "30,inf,paris,pro"]).encode(),
+            r"inf\.csv: column `monthly_fee` holds inf in row 3 \(1 such rows\)",
+        ),
+        "latin1.csv": (
+            "\n".join([*lines[:5], "30,20,orléans,pro"]).encode("latin-1"),
+            r"line 6, column `city` is not valid utf-8 .*`mlpipe predict --encoding cp1252`",
+        ),
+        "ragged.csv": (
+            "\n".join([*lines[:2], "30,20,paris,pro,extra"]).encode(),
+            r"line 3 \('30,20,paris,pro,extra'\) has 5 fields where the header has 4",
+        ),
+    }
+    for name, (data, message) in bad.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DataError, match=message):
+            predict.predict_file(model, meta, tmp_path / name, tmp_path / "out.csv", chunk_rows=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["empty.csv", "junk.csv", "missing.csv", *bad]
+    )
+
+
+def test_predict_reads_the_training_encoding_unless_told_otherwise(project, tmp_path):
+    rows = "age,monthly_fee,city,plan\n30,20,paris,pro\n61,25,orléans,basic\n"
+    (tmp_path / "w.csv").write_bytes(rows.encode("cp1252"))
+    args = ("predict", "--model", str(project / "export"), "--input", str(tmp_path / "w.csv"))
+    refused = mlpipe(*args, "--output", str(tmp_path / "a.csv"), cwd=project)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "line 3, column `city` is not valid utf-8" in refused.stderr
+    done = mlpipe(*args, "--output", str(tmp_path / "b.csv"), "--encoding", "cp1252", cwd=project)
+    assert done.returncode == 0, done.stderr
+    assert len(pd.read_csv(tmp_path / "b.csv")) == 2
+    meta = json.loads((project / "export" / "metadata.json").read_text())
+    assert meta["csv"]["encoding"] == "utf-8"
 
 
 def test_a_bare_keras_file_predicts_with_features_read_off_the_model(project, tmp_path):

@@ -14,7 +14,7 @@ from mlpipe import dataset
 from mlpipe.params import CsvParams, DataParams
 from mlpipe.schema import Schema, read_schema, read_splits, write_prepared
 from mlpipe.serving.metadata import ExportMetadata, LearnedFeature
-from mlpipe.util.tables import read_table, to_numeric
+from mlpipe.util.tables import iter_table, read_table, to_numeric
 
 
 def labelled_frame(n=200, seed=0):
@@ -177,6 +177,59 @@ def test_csv_is_read_like_a_person_would_read_it(tmp_path):
         to_numeric(pd.Series(["1", "x"], name="size"), "f.csv")
 
 
+def test_chunks_for_prediction_hold_the_values_prepare_reads(tmp_path):
+    path = tmp_path / "mixed.csv"
+    path.write_text(mixed_csv(60) + "60;1e3;red;yes;true\n")
+    whole = read_table(path, CsvParams())
+    chunks = list(iter_table(path, CsvParams(), 7, numeric=["id", "size", "flag"]))
+    assert [len(c) for c in chunks] == [7] * 8 + [5]
+    frame = pd.concat(chunks, ignore_index=True)
+    for name in ["id", "size", "flag"]:  # flag holds true/false words: 1 and 0
+        np.testing.assert_array_equal(
+            to_numeric(frame[name], "f"), to_numeric(whole[name], "f"), err_msg=name
+        )
+    assert frame["size"].dtype == "float64" and frame["size"].isna().sum() == 6
+    assert frame["colour"].tolist() == whole["colour"].tolist()
+
+
+def test_leading_blank_lines_and_a_header_longer_than_the_sniffed_bytes(tmp_path):
+    (tmp_path / "blank.csv").write_text("\n\nx,y\n1,a\n")
+    assert read_table(tmp_path / "blank.csv", CsvParams()).to_dict("list") == {
+        "x": [1],
+        "y": ["a"],
+    }
+    names = [f"column_number_{i}" for i in range(8000)]  # a 150 KB header
+    (tmp_path / "wide.csv").write_text(",".join(names) + "\n" + ",".join(["1"] * 8000) + "\n")
+    assert list(read_table(tmp_path / "wide.csv", CsvParams()).columns) == names
+
+
+def test_byte_order_mark_encodings_and_markers_are_read_as_configured(tmp_path):
+    (tmp_path / "bom.csv").write_bytes("\ufeffmean_radius,y\n1.5,a\n".encode())
+    assert list(read_table(tmp_path / "bom.csv", CsvParams()).columns) == ["mean_radius", "y"]
+    (tmp_path / "w.csv").write_bytes("x;ville\n1;Orléans\n2;Besançon\n".encode("cp1252"))
+    frame = read_table(tmp_path / "w.csv", CsvParams(encoding="cp1252"))
+    assert frame["ville"].tolist() == ["Orléans", "Besançon"]
+    (tmp_path / "inf.csv").write_text("x,y\n1,a\ninf,b\n -inf ,a\n")
+    params = DataParams(source=str(tmp_path / "inf.csv"), csv={"na_values": ["", "inf", "-inf"]})
+    frame, _ = dataset.load_source(params)
+    assert frame["x"].tolist()[0] == 1 and frame["x"].isna().tolist() == [False, True, True]
+
+
+def test_target_map_renames_labels_of_every_file_before_the_checks(tmp_path):
+    (tmp_path / "train.csv").write_text("x,y\n" + "".join(f"{i},{i % 2}K\n" for i in range(20)))
+    (tmp_path / "test.csv").write_text("x,y\n" + "".join(f"{i},{i % 2}K.\n" for i in range(6)))
+    params = DataParams(source=str(tmp_path / "train.csv"), test_source=str(tmp_path / "test.csv"))
+    params = params.model_copy(update={"target": "y"})
+    with pytest.raises(dataset.DataError, match=r"test\.csv: the test rows have target `y` labels"):
+        dataset.prepare(*dataset.load_source(params), params, 0, dataset.load_test_source(params))
+    mapped = params.model_copy(update={"target_map": {"0K.": "0K", "1K.": "1K"}})
+    splits, schema = dataset.prepare(
+        *dataset.load_source(mapped), mapped, 0, dataset.load_test_source(mapped)
+    )
+    assert schema.classes == ("0K", "1K")
+    assert splits["test"]["y"].tolist() == ["0K", "1K"] * 3
+
+
 def test_file_source_is_described_with_kinds_and_roles(tmp_path):
     path = tmp_path / "mixed.csv"
     path.write_text(mixed_csv())
@@ -290,6 +343,60 @@ BAD_INPUTS = {
         {"features": {"include": ["x", "w"]}},
         r"\['w'\] are not",
     ),
+    # The file is not what it says: every case names the file, the line or column, and the fix.
+    "latin-1 text": (
+        ("x,y\n" + VALID_ROWS + "3,caf\xe9\n").encode("latin-1"),
+        {},
+        r"line 12, column `y` is not valid utf-8 \('3,café'\); the file looks like cp1252.*"
+        r"Set data\.csv\.encoding: cp1252",
+    ),
+    "utf-16 text": (
+        ("x,y\n" + VALID_ROWS).encode("utf-16"),
+        {},
+        r"the file is UTF-16 text .*set data\.csv\.encoding: utf-16",
+    ),
+    "random bytes": (
+        np.random.default_rng(0).bytes(2000),
+        {},
+        r"not a text table: it looks like binary data \(\d+ control bytes",
+    ),
+    "xlsx renamed": (
+        b"PK\x03\x04" + bytes(200),
+        {},
+        r"not a text table: it looks like a ZIP archive, as an Excel \.xlsx workbook is: save "
+        "the sheet as CSV",
+    ),
+    "parquet renamed": (
+        b"PAR1" + bytes(200),
+        {},
+        r"not a text table: it looks like a Parquet file: give it a \.parquet suffix",
+    ),
+    "ragged row": (
+        "x,y\n" + VALID_ROWS + "1,a,b\n",
+        {},
+        r"line 12 \('1,a,b'\) has 3 fields where the header has 2 .*quote fields that contain "
+        r"',' .*or set data\.csv\.sep",
+    ),
+    "inf in numeric": (
+        "x,y\n" + VALID_ROWS + "inf,a\n-inf,b\n",
+        {},
+        r"column `x` holds -inf, inf in 2 rows \(rows 11, 12\).*list them as written "
+        r"\(e\.g\. inf\) in data\.csv\.na_values",
+    ),
+    "beyond float32": (
+        "x,y\n" + VALID_ROWS + "1e39,a\n",
+        {},
+        r"column `x` holds 1e\+39 in 1 rows \(rows 11\): infinite, or beyond float32",
+    ),
+    "test labels unseen in training": (
+        "x,y,part\n"
+        + "1,a,train\n2,b,train\n" * 5
+        + "1,a,valid\n2,b,valid\n"
+        + "3,a.,test\n4,b,test\n5,a.,test\n",
+        {"split_column": "part"},
+        r"bad\.csv: the test rows of data\.split_column `part` have target `y` labels that no "
+        r"training row has: 'a\.' \(2 rows\).*data\.target_map \(e\.g\. \{'a\.': 'a'\}\)",
+    ),
 }
 
 
@@ -311,7 +418,10 @@ def test_bad_file_fails_naming_the_problem_and_keeps_previous_outputs(tmp_path, 
     shutil.copytree(good_outputs / "out", tmp_path / "out")
     before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
 
-    (tmp_path / "bad.csv").write_text(text)
+    if isinstance(text, bytes):
+        (tmp_path / "bad.csv").write_bytes(text)
+    else:
+        (tmp_path / "bad.csv").write_text(text)
     write_params(tmp_path, source="bad.csv", **{"target": "y", **settings})
     result = run_stage("prepare", "out", cwd=tmp_path)
     assert result.returncode == 2, result.stderr

@@ -6,6 +6,7 @@ a section by adding fields, and each stage declares in `dvc.yaml` the sections i
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import re
@@ -15,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     Field,
     PlainValidator,
     ValidationError,
@@ -24,7 +26,7 @@ from pydantic import (
 
 from mlpipe import MlpipeError
 from mlpipe.optimizer_params import LRScheduleParams, OptimizerParams
-from mlpipe.util.validation import Section, describe
+from mlpipe.util.validation import Section, describe, merge_alternatives
 
 DEFAULT_PARAMS_FILE = "params.yaml"
 
@@ -36,6 +38,17 @@ DEFAULT_NA_VALUES = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "?"]
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
 
 
+def _check_encoding(value: str) -> str:
+    try:
+        codecs.lookup(value)
+    except LookupError:
+        raise ValueError(
+            "unknown text encoding; use a Python codec name such as utf-8, cp1252, latin-1 "
+            "or utf-16"
+        ) from None
+    return value
+
+
 class CsvParams(Section):
     sep: str | None = Field(
         None, min_length=1, description="Column delimiter; null: sniffed from the file."
@@ -43,10 +56,24 @@ class CsvParams(Section):
     na_values: list[str] = Field(
         DEFAULT_NA_VALUES, description="Cells read as missing values, after trimming whitespace."
     )
+    encoding: Annotated[str, AfterValidator(_check_encoding)] = Field(
+        "utf-8",
+        description="Text encoding of CSV files, e.g. cp1252 for Windows exports; a UTF-8 "
+        "byte-order mark is skipped.",
+    )
+
+
+def _not_empty(value: list[str] | None) -> list[str] | None:
+    if value is not None and not value:
+        raise ValueError(
+            "an empty list selects no feature; remove the key (or set it to null) to use every "
+            "column with no other role"
+        )
+    return value
 
 
 class FeatureSelection(Section):
-    include: list[str] | None = Field(
+    include: Annotated[list[str] | None, AfterValidator(_not_empty)] = Field(
         None, description="Feature columns to use; null: every column not otherwise used."
     )
     exclude: list[str] = Field([], description="Columns never used as features.")
@@ -76,6 +103,11 @@ class DataParams(Section):
     )
     target: str | None = Field(
         None, description="Target column; null means the dataset's own target."
+    )
+    target_map: dict[str, str] = Field(
+        {},
+        description="Target labels renamed in every file before anything else, e.g. "
+        "{'>50K.': '>50K'} for a test file whose labels end in a dot.",
     )
     task: Literal["auto", "classification", "regression"] = "auto"
     features: FeatureSelection = FeatureSelection()
@@ -109,6 +141,8 @@ class DataParams(Section):
             raise ValueError("give data.test_source or data.split_column, not both")
         if self.source.startswith("sklearn:") and (self.test_source or self.split_column):
             raise ValueError("data.test_source and data.split_column apply to files, not sklearn:")
+        if self.target_map and not self.target:
+            raise ValueError("data.target_map renames labels of data.target: name the target")
         return self
 
 
@@ -213,6 +247,26 @@ ClassWeight = Annotated[
 ]
 
 
+# What Keras logs on the validation split: the loss, and the metrics of the task; a model
+# with an auxiliary output logs each of them per output too. The train stage then checks the
+# name against the task.
+MONITOR_METRICS = {"classification": ("accuracy",), "regression": ("rmse", "mae")}
+MONITOR_OUTPUTS = ("main", "aux")
+
+
+def _check_monitor(value: str) -> str:
+    metrics = ["loss", *(m for names in MONITOR_METRICS.values() for m in names)]
+    plain = [f"val_{m}" for m in metrics]
+    per_output = [f"val_{out}_{m}" for out in MONITOR_OUTPUTS for m in metrics]
+    if value not in plain + per_output:
+        raise ValueError(
+            f"not a value Keras reports; choose val_loss, val_accuracy (classification), "
+            f"val_rmse or val_mae (regression); with model.aux_output, also per output: "
+            f"{', '.join(per_output)}"
+        )
+    return value
+
+
 class TrainParams(Section):
     epochs: int = Field(100, gt=0)
     batch_size: int = Field(32, gt=0)
@@ -225,9 +279,8 @@ class TrainParams(Section):
         description="Threads one TensorFlow op may use; 0: all cores; `auto`: 1 for batches of "
         "up to 512 rows, else all cores.",
     )
-    monitor: str = Field(
+    monitor: Annotated[str, AfterValidator(_check_monitor)] = Field(
         "val_loss",
-        pattern=r"^val_[a-z_]+$",
         description="Validation metric for checkpointing and early stopping.",
     )
     class_weight: ClassWeight = Field(
@@ -286,8 +339,21 @@ class EvaluateParams(Section):
     )
 
 
+def _formats_hint(value: Any) -> Any:
+    switches = [v for v in value if v in ("onnx", "h5")] if isinstance(value, list) else []
+    if switches:
+        raise ValueError(
+            f"{', '.join(switches)} is not listed in export.formats (keras, saved_model) but "
+            f"switched on by its own key: export.{switches[0]}: true, beside the formats "
+            "(the ONNX file is checked in onnxruntime at export)"
+        )
+    return value
+
+
 class ExportParams(Section):
-    formats: list[Literal["keras", "saved_model"]] = Field(["keras", "saved_model"], min_length=1)
+    formats: Annotated[list[Literal["keras", "saved_model"]], BeforeValidator(_formats_hint)] = (
+        Field(["keras", "saved_model"], min_length=1)
+    )
     onnx: bool = Field(False, description="Also write model.onnx, checked in onnxruntime.")
     h5: bool = Field(False, description="Also write the legacy HDF5 file older tools want.")
 
@@ -321,7 +387,11 @@ def read_yaml(
 
 def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
     """Read and validate the whole params file; raise ParamsError naming every bad key."""
-    raw = read_yaml(path, missing="file not found; run from the project root")
+    missing = (
+        f"file not found in {Path.cwd()}; run from the project root (the folder of dvc.yaml), "
+        "restore it with `git checkout -- params.yaml`, or start from the README's params"
+    )
+    raw = read_yaml(path, missing=missing)
     return parse_params(raw or {}, source=str(path))
 
 
@@ -331,7 +401,9 @@ def parse_params(raw: Any, source: str = DEFAULT_PARAMS_FILE) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
-        problems = list(dict.fromkeys(describe(e, Params) for e in err.errors()))
+        problems = merge_alternatives(
+            list(dict.fromkeys(describe(e, Params) for e in err.errors()))
+        )
         raise ParamsError(
             f"{source}: {len(problems)} invalid param(s):\n"
             + "\n".join(f"  - {p}" for p in problems)

@@ -128,8 +128,10 @@ def predict_file(
     *,
     batch_size: int = 8192,
     chunk_rows: int = 100_000,
+    csv: CsvParams | None = None,
 ) -> int:
     """Predict every row of `input_path` into `output_path` (CSV); return the number of rows.
+    `csv` overrides how a CSV file is read (default: as the training data was).
 
     The output appears only when every row succeeded, so a failure never leaves half a file.
     """
@@ -140,7 +142,9 @@ def predict_file(
     with files.atomic_path(output_path) as tmp:
         with open(tmp, "w", newline="") as handle:
             checked = False
-            for chunk in iter_table(input_path, csv_params(schema), chunk_rows):
+            numeric = [f.name for f in schema.features if f.kind == "numeric"]
+            reading = csv or csv_params(schema)
+            for chunk in iter_table(input_path, reading, chunk_rows, numeric):
                 if not checked:
                     extra = check_columns(list(chunk.columns), schema, str(input_path))
                     if extra:

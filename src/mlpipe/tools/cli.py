@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import sys
 from pathlib import Path
@@ -35,6 +36,13 @@ def _predict(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model, meta = predict.load(args.model)
+    csv = None
+    if args.encoding:  # the file's encoding, where it differs from the training data's
+        try:
+            codecs.lookup(args.encoding)
+        except LookupError:
+            fail(f"--encoding: unknown text encoding {args.encoding!r}; e.g. utf-8, cp1252")
+        csv = predict.csv_params(meta).model_copy(update={"encoding": args.encoding})
     rows = predict.predict_file(
         model,
         meta,
@@ -42,6 +50,7 @@ def _predict(args: argparse.Namespace) -> None:
         args.output,
         batch_size=args.batch_size,
         chunk_rows=args.chunk_rows,
+        csv=csv,
     )
     print(f"{args.output}: {rows} predictions")
 
@@ -130,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", required=True, help="CSV or Parquet file of rows")
     predict.add_argument("--output", required=True, help="CSV file to write")
     predict.add_argument("--batch-size", type=int, default=8192, help="rows per model call")
+    predict.add_argument(
+        "--encoding",
+        help="text encoding of a CSV input (default: the training data's data.csv.encoding)",
+    )
     predict.add_argument(
         "--chunk-rows", type=int, default=100_000, help="rows read at a time (bounds memory)"
     )

@@ -10,13 +10,33 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 
 class Section(BaseModel):
-    """Base of every params section: unknown keys are errors and loaded params never change."""
+    """Base of every params section: unknown keys are errors, loaded params never change, and
+    true/false is no number (pydantic would read `epochs: true` as 1)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        annotation = cls.model_fields[info.field_name or ""].annotation
+        values = value if isinstance(value, list) else [value]
+        values = list(value.values()) if isinstance(value, dict) else values
+        if any(isinstance(v, bool) for v in values) and not _takes_bool(annotation):
+            raise ValueError("true and false are not numbers; give a number")
+        return value
+
+
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field of this type may hold true/false (anywhere, e.g. in a union)."""
+    if annotation is bool or annotation is Any:
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True  # a section checks its own fields
+    return any(_takes_bool(arg) for arg in typing.get_args(annotation))
 
 
 def describe(error: Mapping[str, Any], root: type[BaseModel]) -> str:
@@ -38,7 +58,34 @@ def describe(error: Mapping[str, Any], root: type[BaseModel]) -> str:
         return f"`{path}`: required key is missing"
     got = error.get("input")
     got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"`{path}`: {error['msg'].removeprefix('Value error, ')}{got_text}"
+    if error["type"] == "string_pattern_mismatch":
+        if "[key]" in path:  # a mapping's key: name the mapping, not the key's position
+            path = _format_path(tuple(p for p in loc[:-2]))
+        return (
+            f"`{path}`: {got!r} is not a valid name: use lowercase letters, digits and "
+            "underscores, starting with a letter"
+        )
+    message = error["msg"].removeprefix("Value error, ")
+    return f"`{path}`: {message}{got_text}"
+
+
+def merge_alternatives(lines: list[str]) -> list[str]:
+    """One line per key: pydantic reports each member of a union (`'auto'`, an integer)
+    separately; `Input should be 'auto' or a valid integer (got 'fast')` says it at once."""
+    merged: dict[str, list[str]] = {}
+    for line in lines:
+        match = re.match(r"^(`[^`]+`): Input should be (.*?)( \(got .*\))?$", line)
+        key = match[1] if match else line
+        merged.setdefault(key, []).append(line)
+    out = []
+    for key, group in merged.items():
+        parts = [re.match(r"^`[^`]+`: Input should be (.*?)( \(got .*\))?$", g) for g in group]
+        if len(group) > 1 and all(parts):
+            wanted = " or ".join(p[1] for p in parts if p)
+            out.append(f"{key}: Input should be {wanted}{parts[0][2] or ''}")  # type: ignore[index]
+        else:
+            out += group
+    return out
 
 
 _UNION_TAG = re.compile(r"^([a-z-]+\[.*\]|constrained-[a-z]+)$")
