@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("model", type=Path, help="folder to write the untrained model into")
     parser.add_argument("summary", type=Path, help="where to write the model summary")
     args = parser.parse_args()
+    stage.outputs(args.model, args.summary)
     params = load_params()
 
     from mlpipe.modeling import models

@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("plots", type=Path, help="folder to write plot data and PNGs into")
     parser.add_argument("--training", type=Path, help="DVCLive folder of the train stage")
     args = parser.parse_args()
+    stage.outputs(args.metrics, args.plots)
     params = load_params()
 
     # Inputs: a threshold naming no metric of this task fails before any work

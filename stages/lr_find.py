@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("curve", type=Path, help="where to write the curve (CSV)")
     parser.add_argument("png", type=Path, help="where to write the curve's picture")
     args = parser.parse_args()
+    stage.outputs(args.record, args.metrics, args.curve, args.png)
     params = load_params()
     optimizer = params.train.optimizer
 
