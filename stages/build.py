@@ -45,8 +45,9 @@ def main() -> None:
     model = models.build_model(params.model, schema, train)
     summary = models.summary_text(model)
     log.info("built %s with %d parameters", model.name, model.count_params())
-    models.save_model_folder(model, args.model)
-    files.write_text(args.summary, summary)
+    with files.atomic_paths(args.model, args.summary, folders=[args.model]) as (folder, text):
+        models.save_model_folder(model, folder)
+        text.write_text(summary)
 
 
 if __name__ == "__main__":

@@ -81,9 +81,11 @@ def main() -> None:
         input_files=inputs,
     )
 
-    # Write
-    models.save_model_folder(model, args.model)
-    files.write_json(args.metrics, summary)
+    # Write, then put every output in place
+    outputs = files.atomic_paths(args.model, args.metrics, folders=[args.model])
+    with outputs as (folder, metrics_file):
+        models.save_model_folder(model, folder)
+        files.write_json(metrics_file, summary)
     files.replace_folder(dirs.dvclive, args.dvclive)
     files.replace_folder(dirs.tensorboard, tensorboard)
 

@@ -11,7 +11,7 @@ import re
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,20 @@ def atomic_path(path: str | Path, *, suffix: str = "", folder: bool = False) -> 
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: Path, folders: Collection[Path] = ()) -> Iterator[list[Path]]:
+    """`atomic_path` for several outputs, those in `folders` as folders: a temporary for each,
+    which replace them in the order given once the whole block has succeeded, so that a failure
+    while any of them is written replaces none."""
+    with contextlib.ExitStack() as stack:
+        # The stack exits last in, first out: enter in reverse to replace in order.
+        temporaries = [
+            stack.enter_context(atomic_path(path, folder=path in folders))
+            for path in reversed(paths)
+        ]
+        yield temporaries[::-1]
 
 
 def _injected_fault(path: Path) -> None:
