@@ -181,8 +181,15 @@ def train_lock(clone: Path) -> dict:
     return yaml.safe_load((clone / "dvc.lock").read_text())["stages"]["train"]
 
 
-def test_diverging_run_fails_and_records_nothing(tiny):
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_diverging_run_fails_and_keeps_the_previous_model(tiny):
     lock = train_lock(tiny)
+    model, curves = folder_bytes(tiny / "models/model"), folder_bytes(tiny / "plots/training")
     settings = ["-S", "train.optimizer.name=sgd", "-S", "train.optimizer.learning_rate=1000000"]
     try:
         result = run(["dvc", "exp", "run", *settings], cwd=tiny, check=False)
@@ -191,8 +198,12 @@ def test_diverging_run_fails_and_records_nothing(tiny):
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert re.search(r"loss became nan at epoch 1, batch(es)? [\d-]+ ", output)
-    assert not (tiny / "models/model").exists()
-    assert not list((tiny / "models").glob(".model.*"))  # no checkpoint, no backup
+    assert "no output of this stage was replaced" in output
+    assert folder_bytes(tiny / "models/model") == model
+    assert folder_bytes(tiny / "plots/training") == curves
+    # no checkpoint, no backup, no curves of the diverged run
+    assert not list((tiny / "models").glob(".model.*"))
+    assert not list((tiny / "plots").glob(".training.*"))
     assert train_lock(tiny) == lock
 
 
