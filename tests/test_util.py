@@ -36,6 +36,22 @@ def test_a_folder_is_replaced_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
 
+def test_several_outputs_are_replaced_only_once_all_are_written(tmp_path):
+    model, summary = tmp_path / "model", tmp_path / "summary.txt"
+    with files.atomic_paths(model, summary, folders=[model]) as (folder, text):
+        (folder / "weights").write_text("1")
+        text.write_text("run 1")
+    with (
+        pytest.raises(RuntimeError),
+        files.atomic_paths(model, summary, folders=[model]) as (folder, text),
+    ):
+        (folder / "weights").write_text("2")
+        text.write_text("run 2")
+        raise RuntimeError("failed after writing both")
+    assert (model / "weights").read_text() == "1" and summary.read_text() == "run 1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "summary.txt"]
+
+
 def test_a_killed_runs_leftovers_are_cleared_and_an_old_folder_put_back(tmp_path):
     # Left by kills: temporaries of two outputs, and a folder moved aside before its new
     # version took its place.
