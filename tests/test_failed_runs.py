@@ -33,6 +33,7 @@ FIRST_REPLACED = {
     "prepare": "prepared",
     "build": "untrained",
     "lr_find": "lr_find.csv",
+    "baselines": "baselines.json",
     "train": "model",
     "evaluate": "evaluate",
     "export": "export",
