@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("prepared", type=Path, help="folder written by the prepare stage")
     parser.add_argument("out", type=Path, help="where to write the baselines' metrics JSON")
     args = parser.parse_args()
+    stage.outputs(args.out)
     params = load_params()
 
     scores = {}

@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("model", type=Path, help="folder to write the untrained model into")
     parser.add_argument("summary", type=Path, help="where to write the model summary")
     args = parser.parse_args()
+    stage.outputs(args.model, args.summary)
     params = load_params()
 
     from mlpipe.modeling import models
@@ -44,8 +45,9 @@ def main() -> None:
     model = models.build_model(params.model, schema, train)
     summary = models.summary_text(model)
     log.info("built %s with %d parameters", model.name, model.count_params())
-    models.save_model_folder(model, args.model)
-    files.write_text(args.summary, summary)
+    with files.atomic_paths(args.model, args.summary, folders=[args.model]) as (folder, text):
+        models.save_model_folder(model, folder)
+        text.write_text(summary)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("plots", type=Path, help="folder to write plot data and PNGs into")
     parser.add_argument("--training", type=Path, help="DVCLive folder of the train stage")
     args = parser.parse_args()
+    stage.outputs(args.metrics, args.details, args.plots)
     params = load_params()
 
     # Inputs: a threshold naming no metric of this task fails before any work
@@ -52,11 +53,12 @@ def main() -> None:
     )
 
     # Write, then gate
-    with files.atomic_dir(args.plots) as folder:
+    outputs = files.atomic_paths(args.plots, args.details, args.metrics, folders=[args.plots])
+    with outputs as (folder, details_file, metrics_file):
         for name, content in plot_files.items():
             (folder / name).write_bytes(content)
-    files.write_json(args.details, scores)
-    files.write_json(args.metrics, metrics.headline(scores, schema.task))
+        files.write_json(details_file, scores)
+        files.write_json(metrics_file, metrics.headline(scores, schema.task))
     metrics.check_gate(scores, params.evaluate.thresholds, str(args.metrics))
 
 

@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("model", type=Path, help="trained model folder")
     parser.add_argument("out", type=Path, help="export folder, replaced whole on success")
     args = parser.parse_args()
+    stage.outputs(args.out)
     params = load_params()
 
     from mlpipe.modeling import models

@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("curve", type=Path, help="where to write the curve (CSV)")
     parser.add_argument("png", type=Path, help="where to write the curve's picture")
     args = parser.parse_args()
+    stage.outputs(args.record, args.metrics, args.curve, args.png)
     params = load_params()
     optimizer = params.train.optimizer
 
@@ -67,11 +68,13 @@ def main() -> None:
         png = lr_find.curve_png(result, summary)
 
     # Write: the record last, so that train never sees a rate without its curve
-    files.write_text(args.curve, lr_find.curve_csv(result))
-    files.write_bytes(args.png, png)
-    files.write_json(args.metrics, summary)
     record = lr_find.learning_rate_record(optimizer, summary.get("learning_rate"))
-    files.write_json(args.record, record)
+    outputs = (args.curve, args.png, args.metrics, args.record)
+    with files.atomic_paths(*outputs) as (curve, picture, metrics, rate):
+        curve.write_text(lr_find.curve_csv(result))
+        picture.write_bytes(png)
+        files.write_json(metrics, summary)
+        files.write_json(rate, record)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ log = logging.getLogger("mlpipe.prepare")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", help="folder for the splits and the schema")
+    parser.add_argument("out", type=Path, help="folder for the splits and the schema")
     parser.add_argument(
         "--raw", type=Path, help="folder of data files that DVC watches for changes"
     )
@@ -31,6 +31,7 @@ def main() -> None:
         "--previous", type=Path, help="metadata.json of the exported model, to compare features"
     )
     args = parser.parse_args()
+    stage.outputs(args.out)
     params = load_params()
 
     # Load and check

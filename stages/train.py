@@ -4,14 +4,16 @@ The model's preprocessing part was learned in `build` and stays fixed: it turns 
 into a feature matrix (one per path for Wide & Deep) once, and only the network behind it is
 trained. A network with several outputs gets the labels at each, and `train.loss_weights`.
 
-A loss that becomes NaN or infinite fails the stage (exit 2) and saves no model.
+A loss that becomes NaN or infinite fails the stage (exit 2) and replaces no output.
 
 Reads:  <prepared>/{train,valid}.parquet, <prepared>/schema.json, <untrained> (model folder),
         <learning rate> (the lr_find stage's record: the suggestion under `auto`, else a check).
 Writes: <model> (model folder of the best epoch), <metrics> (epochs run, best epoch, best
         validation value, seconds), per-epoch curves under <dvclive>, TensorBoard logs under
-        <tensorboard>/<experiment name or "workspace">. While it runs, a backup beside <model>
-        (`.<name>.backup/`) lets a killed run resume; it is removed when training completes.
+        <tensorboard>/<experiment name or "workspace">, each replaced whole when training
+        succeeds. While it runs, a backup beside <model> and the curves so far beside <dvclive>
+        and the TensorBoard run (each `.<name>.backup/`) let a killed run resume; they become
+        the outputs, or are removed, when training completes.
 Params: seed, train.
 """
 
@@ -39,6 +41,9 @@ def main() -> None:
         "--learning-rate", type=Path, required=True, help="the lr_find stage's record"
     )
     args = parser.parse_args()
+    run_name = os.environ.get("DVC_EXP_NAME") or "workspace"
+    tensorboard = args.tensorboard / run_name
+    stage.outputs(args.model, args.metrics, args.dvclive, tensorboard)
     params = load_params()
     # The number to train at, `auto` or not; the params stay as written.
     learning_rate = lr_find.read_learning_rate(args.learning_rate, params.train.optimizer)
@@ -54,14 +59,13 @@ def main() -> None:
     runtime.seed_everything(params.seed)
     untrained = models.load_model_folder(args.untrained)
 
-    # Train. The checkpoint and the backup live beside the outputs, where DVC does not delete
-    # them before a rerun: an interrupted run resumes, and the model is replaced only on success.
-    run_name = os.environ.get("DVC_EXP_NAME") or "workspace"
+    # Train. The checkpoint, the backup and the curves so far live beside the outputs, which
+    # keep the last successful run's until this one succeeds; an interrupted run resumes.
     dirs = fit.RunDirs(
         checkpoint=args.model.with_name(f".{args.model.name}.checkpoint.weights.h5"),
-        tensorboard=args.tensorboard / run_name,
-        dvclive=args.dvclive,
-        backup=args.model.with_name(f".{args.model.name}.backup"),
+        tensorboard=backup_of(tensorboard),
+        dvclive=backup_of(args.dvclive),
+        backup=backup_of(args.model),
     )
     inputs = sorted(p for p in args.untrained.rglob("*") if p.is_file())
     inputs += [args.prepared / f"{name}.parquet" for name in SPLITS]
@@ -77,9 +81,17 @@ def main() -> None:
         input_files=inputs,
     )
 
-    # Write
-    models.save_model_folder(model, args.model)
-    files.write_json(args.metrics, summary)
+    # Write, then put every output in place
+    outputs = files.atomic_paths(args.model, args.metrics, folders=[args.model])
+    with outputs as (folder, metrics_file):
+        models.save_model_folder(model, folder)
+        files.write_json(metrics_file, summary)
+    files.replace_folder(dirs.dvclive, args.dvclive)
+    files.replace_folder(dirs.tensorboard, tensorboard)
+
+
+def backup_of(path: Path) -> Path:
+    return path.with_name(f".{path.name}.backup")
 
 
 if __name__ == "__main__":

@@ -113,3 +113,15 @@ def test_stage_declares_exactly_the_params_it_reads(stage):
     assert {key.split(".")[0] for key in declared} == {chain.split(".")[0] for chain in read}
     assert {c for c in read if not any(covers(k, c) for k in declared)} == set(), "undeclared"
     assert {k for k in declared if not any(covers(k, c) for c in read)} == set(), "unread"
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_outputs_outlive_a_failed_run(stage):
+    """DVC deletes an output before its stage runs unless it is `persist`; the stage then
+    replaces it only on success, and clears a killed run's leftovers (`stage.outputs`)."""
+    spec = STAGES[stage]
+    entries = spec.get("outs", []) + spec.get("metrics", []) + spec.get("plots", [])
+    for entry in entries:
+        assert isinstance(entry, dict), f"{stage}: {entry} is not persist"
+        assert next(iter(entry.values())).get("persist") is True, f"{stage}: {entry}"
+    assert "stage.outputs(" in (ROOT / "stages" / f"{stage}.py").read_text()

@@ -181,8 +181,15 @@ def train_lock(clone: Path) -> dict:
     return yaml.safe_load((clone / "dvc.lock").read_text())["stages"]["train"]
 
 
-def test_diverging_run_fails_and_records_nothing(tiny):
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_diverging_run_fails_and_keeps_the_previous_model(tiny):
     lock = train_lock(tiny)
+    model, curves = folder_bytes(tiny / "models/model"), folder_bytes(tiny / "plots/training")
     settings = ["-S", "train.optimizer.name=sgd", "-S", "train.optimizer.learning_rate=1000000"]
     try:
         result = run(["dvc", "exp", "run", *settings], cwd=tiny, check=False)
@@ -191,8 +198,12 @@ def test_diverging_run_fails_and_records_nothing(tiny):
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert re.search(r"loss became nan at epoch 1, batch(es)? [\d-]+ ", output)
-    assert not (tiny / "models/model").exists()
-    assert not list((tiny / "models").glob(".model.*"))  # no checkpoint, no backup
+    assert "no output of this stage was replaced" in output
+    assert folder_bytes(tiny / "models/model") == model
+    assert folder_bytes(tiny / "plots/training") == curves
+    # no checkpoint, no backup, no curves of the diverged run
+    assert not list((tiny / "models").glob(".model.*"))
+    assert not list((tiny / "plots").glob(".training.*"))
     assert train_lock(tiny) == lock
 
 
@@ -243,17 +254,21 @@ def test_killed_repro_resumes_and_ends_as_an_uninterrupted_run(tiny):
             break
     process.wait(timeout=60)
     assert (tiny / "models/.model.backup").is_dir()
+    # The killed run replaced nothing: the last good outputs match dvc.lock, so nothing is out
+    # of date, and the backup waits for train's next run with the same params and inputs.
+    assert (tiny / "models/model/model.keras").read_bytes() == expected_model
+    assert run(["dvc", "status"], cwd=tiny).stdout.strip().endswith("up to date.")
 
-    result = run(["dvc", "repro"], cwd=tiny)
+    result = run(["dvc", "repro", "--force", "--single-item", "train"], cwd=tiny)
     assert "resuming from the backup" in result.stdout + result.stderr
-    # The resumed model has the uninterrupted run's bytes, so the stages after train find their
-    # inputs unchanged and do not rerun.
-    assert stages_run(result) == {"train"}
     assert (tiny / "models/model/model.keras").read_bytes() == expected_model
     summary = json.loads((tiny / "metrics/train.json").read_text())
     assert summary["epochs_run"] == epochs and summary["resumed_from_epoch"] >= 1
-    assert (tiny / "metrics/evaluate.json").read_bytes() == expected
     assert not (tiny / "models/.model.backup").exists()
+    # The resumed model has the uninterrupted run's bytes, so the stages after train find their
+    # inputs unchanged and need no rerun.
+    assert run(["dvc", "status"], cwd=tiny).stdout.strip().endswith("up to date.")
+    assert (tiny / "metrics/evaluate.json").read_bytes() == expected
 
 
 def test_an_example_preset_runs_as_a_named_experiment(tiny):

@@ -90,9 +90,11 @@ def outcome(folder):
 
 
 # Each schedule's state must come back: the plateau's patience and lowered rate, the step
-# count that one_cycle's rate follows.
+# count that the exponential, cosine and one_cycle rates follow.
 SCHEDULES: dict[str, dict[str, Any]] = {
     "none": {},
+    "exponential": {"lr_schedule": {"name": "exponential"}},
+    "cosine": {"lr_schedule": {"name": "cosine"}},
     "plateau": {
         "lr_schedule": {"name": "plateau", "plateau": {"patience": 0}},
         "optimizer": {"learning_rate": 0.01},  # high enough that the loss stalls early
@@ -136,10 +138,12 @@ def kill_epoch(curves: dict) -> int:
     [
         (signal.SIGKILL, "none"),
         (signal.SIGINT, "none"),
+        (signal.SIGKILL, "exponential"),
+        (signal.SIGKILL, "cosine"),
         (signal.SIGKILL, "plateau"),
         (signal.SIGKILL, "one_cycle"),
     ],
-    ids=["SIGKILL", "SIGINT", "SIGKILL-plateau", "SIGKILL-one_cycle"],
+    ids=lambda value: getattr(value, "name", value),
 )
 @pytest.mark.slow
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(

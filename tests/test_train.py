@@ -126,7 +126,9 @@ def test_stage_replaces_model_only_when_training_succeeds(prepared_dir, tmp_path
     }
     assert [p.name for p in (tmp_path / "model").iterdir()] == ["model.keras"]
     assert not list(tmp_path.glob(".*checkpoint*"))
-    assert (tmp_path / "tb" / "workspace").is_dir()
+    # The curves, grown beside their outputs, took their places.
+    assert (tmp_path / "tb" / "workspace").is_dir() and (tmp_path / "live/metrics.json").is_file()
+    assert not list(tmp_path.glob(".*")) and not list((tmp_path / "tb").glob(".*"))
 
     # A bad monitor fails before training and leaves the previous model in place.
     before = (tmp_path / "model" / "model.keras").read_bytes()

@@ -98,7 +98,9 @@ def train(
     try:
         summary = fit_network(network, cfg, xy, dirs, seed, key, sample_weight, class_weight)
     except TrainingDiverged:
-        shutil.rmtree(dirs.backup, ignore_errors=True)
+        # Nothing of a diverged run is worth resuming, or showing.
+        for folder in (dirs.backup, dirs.dvclive, dirs.tensorboard):
+            shutil.rmtree(folder, ignore_errors=True)
         dirs.checkpoint.unlink(missing_ok=True)
         raise
     except KeyboardInterrupt:
@@ -195,8 +197,10 @@ def fit_network(
     batches = ShuffledBatches(
         arrays, train.batch_size, seed, first_epoch, train.epochs, model.steps_per_execution
     )
+    files.clean_stale(dirs.checkpoint)
     if first_epoch == 0:
         shutil.rmtree(dirs.tensorboard, ignore_errors=True)
+        shutil.rmtree(dirs.dvclive, ignore_errors=True)
         dirs.checkpoint.unlink(missing_ok=True)
     else:
         trim_dvclive(dirs.dvclive, first_epoch)
