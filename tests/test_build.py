@@ -58,14 +58,17 @@ def test_output_layer_follows_the_task(task, classes, units, activation):
 
 def test_preprocessing_is_learned_on_the_training_split_only(digits):
     splits, schema = digits
-    model = models.build_model(ModelParams(hidden_units=[8]), schema, splits["train"])
-    layer = model.get_layer("preprocess").get_layer("impute_standardize")
+    params = ModelParams(hidden_units=[8], clip_inputs=None)
+    preprocessor, _ = models.split_model(models.build_model(params, schema, splits["train"]))
     x_train = splits["train"][schema.feature_names].to_numpy(dtype=np.float64)
-    np.testing.assert_allclose(layer.mean, x_train.mean(axis=0), rtol=1e-6)
-    std = x_train.std(axis=0)
-    np.testing.assert_allclose(layer.std, np.where(std > 0, std, 1.0), rtol=1e-6)
-    x_all = np.vstack([p[schema.feature_names].to_numpy() for p in splits.values()])
-    assert not np.allclose(layer.mean, x_all.mean(axis=0), rtol=1e-4)
+    out = features.to_numpy(features.transform(preprocessor, splits["train"], schema))
+    # (x - training mean) / training std: mean 0 and std 1 on the training split, std 0 where
+    # the column is constant in training (divided by 1, not by 0)
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(out.std(axis=0), np.where(x_train.std(axis=0) > 0, 1, 0), atol=1e-4)
+    every = pd.concat(list(splits.values()), ignore_index=True)
+    out_all = features.to_numpy(features.transform(preprocessor, every, schema))
+    assert not np.allclose(out_all.mean(axis=0), 0.0, atol=1e-4)
 
 
 def test_missing_numbers_get_the_training_median_and_unseen_categories_a_bucket():

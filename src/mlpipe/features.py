@@ -70,41 +70,44 @@ def sample_weights(frame: pd.DataFrame, schema: Schema) -> np.ndarray | None:
 # Preprocessing layers
 
 
-@keras.saving.register_keras_serializable(package="mlpipe")
-class ImputeStandardize(keras.layers.Layer):
+def impute_standardize(
+    x: keras.KerasTensor,
+    median: list[float],
+    mean: list[float],
+    std: list[float],
+    clip: float | None,
+) -> keras.KerasTensor:
     """Missing values (NaN) become the training median; then (x - mean) / std, clipped.
+
+    Keras operations applied in the functional graph, not a layer of this project: a saved
+    model records them as Keras's own, so it loads with plain Keras, without mlpipe.
 
     A feature that is (nearly) constant in training has a tiny standard deviation; an unseen
     value then standardizes to thousands and swamps the network. Clipping bounds that damage.
     """
+    x = ops.where(ops.isnan(x), np.asarray(median, dtype=np.float32), x)
+    x = ops.divide(ops.subtract(x, np.asarray(mean, dtype=np.float32)), np.asarray(std, np.float32))
+    if clip is not None:
+        x = ops.clip(x, -clip, clip)
+    return x
 
-    def __init__(self, median, mean, std, clip=None, **kwargs):
-        super().__init__(**kwargs)
-        self.median = [float(v) for v in median]
-        self.mean = [float(v) for v in mean]
-        self.std = [float(v) for v in std]
-        self.clip = clip
 
-    def call(self, x):
-        x = ops.where(ops.isnan(x), ops.convert_to_tensor(self.median, x.dtype), x)
-        x = (x - ops.convert_to_tensor(self.mean, x.dtype)) / ops.convert_to_tensor(
-            self.std, x.dtype
+def h5_custom_objects() -> dict[str, type]:
+    """What `keras.saving.load_model` needs to read the legacy HDF5 export: that format names
+    the operations of `impute_standardize` by class, and Keras looks classes up among layers
+    only. The `.keras` file and the SavedModel need nothing."""
+    from keras.src.ops import numpy as operations
+
+    return {
+        cls.__name__: cls
+        for cls in (
+            operations.Isnan,
+            operations.Where,
+            operations.Subtract,
+            operations.Divide,
+            operations.Clip,
         )
-        if self.clip is not None:
-            x = ops.clip(x, -self.clip, self.clip)
-        return x
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "median": self.median,
-            "mean": self.mean,
-            "std": self.std,
-            "clip": self.clip,
-        }
+    }
 
 
 def numeric_stats(train: pd.DataFrame, names: list[str]) -> dict[str, list[float]]:
@@ -177,9 +180,7 @@ def encode(
             if len(numeric) > 1
             else inputs[numeric[0].input]
         )
-        parts.append(
-            ImputeStandardize(**stats, clip=clip, name=f"{prefix}impute_standardize")(joined)
-        )
+        parts.append(impute_standardize(joined, **stats, clip=clip))
     for feature in features:
         if feature.kind != "categorical":
             continue
