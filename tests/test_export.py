@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_params
+from conftest import stage_env, tiny_params
 from mlpipe import features
 from mlpipe.modeling import models
 from mlpipe.schema import read_schema, read_splits, split_path
@@ -146,3 +146,42 @@ def test_saved_model_is_in_a_version_folder_with_named_outputs(exported):
     assert got["classes"].numpy().tolist() == [labels] * 3
     best = got["scores"].numpy().argmax(axis=1)
     assert got["predicted_class"].numpy().tolist() == [labels[i] for i in best]
+
+
+EXPORT_AGAIN = """
+import sys
+from pathlib import Path
+from mlpipe.modeling import models
+from mlpipe.params import ExportParams
+from mlpipe.schema import read_schema
+from mlpipe.serving import export
+out = Path(sys.argv[3])
+out.mkdir()
+model = models.load_model(sys.argv[1])
+export.write_formats(model, read_schema(Path(sys.argv[2])), ExportParams(), out)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_export_the_same_bytes(exported, prepared_dir, tmp_path):
+    _, out, _, _, _ = exported
+    for name in ("one", "two"):
+        command = [
+            sys.executable,
+            "-c",
+            EXPORT_AGAIN,
+            str(out / export.KERAS_FILE),
+            str(prepared_dir),
+            str(tmp_path / name),
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, env=stage_env())
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    def contents(folder):
+        return {
+            str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+        }
+
+    one, two = contents(tmp_path / "one"), contents(tmp_path / "two")
+    assert "saved_model/1/saved_model.pb" in one
+    assert one == two
