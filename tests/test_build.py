@@ -191,3 +191,32 @@ def test_a_model_from_elsewhere_is_named_as_such():
     inputs = keras.Input(shape=(2,))
     with pytest.raises(MlpipeError, match="not built by this project"):
         models.split_model(keras.Model(inputs, keras.layers.Dense(1)(inputs)))
+
+
+def test_text_cells_and_typed_columns_give_the_inputs_model_inputs_gives():
+    """`input_matrices` (what predict and serve feed) holds exactly the values of
+    `model_inputs` (what training feeds), whether cells are text, as in a CSV file, or typed."""
+    rng = np.random.default_rng(0)
+    numbers = [repr(float(v)) for v in rng.normal(0, 1e3, 200)] + ["1e5", "-0", "+3", ".5"]
+    typed = pd.DataFrame(
+        {
+            "size": pd.to_numeric(pd.Series(numbers)),
+            "city": rng.choice(["a", "b", None], len(numbers)),
+            "count": rng.integers(0, 2**40, len(numbers)),
+            "y": 0.0,
+        }
+    )
+    typed.loc[3, "size"] = np.nan
+    text = typed.astype("str").replace({"nan": None, "None": None})
+    text.loc[5, "count"] = "true"  # true/false words in a numeric column read as 1/0
+    schema = dataset.make_schema(typed, "y", "regression", DataParams(), ["size", "city", "count"])
+    for frame in (typed, text):
+        inputs = features.model_inputs(frame, schema)
+        numeric, categorical = features.input_matrices(frame, schema)
+        np.testing.assert_array_equal(numeric[:, 0], inputs["size"][:, 0])
+        np.testing.assert_array_equal(numeric[:, 1], inputs["count"][:, 0])
+        assert categorical[:, 0].tolist() == inputs["city"][:, 0].tolist()
+    assert features.input_matrices(text, schema)[0][5, 1] == 1.0
+    text.loc[7, "size"] = "seven"
+    with pytest.raises(DataError, match="column `size` is numeric but row 8 holds 'seven'"):
+        features.input_matrices(text, schema)

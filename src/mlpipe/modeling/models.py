@@ -203,7 +203,9 @@ def _input_spec(tensor: keras.KerasTensor) -> dict:
 
 def _rows(model: keras.Model, prefix: str = "") -> list[tuple[str, str, str, str]]:
     rows = []
-    for layer in model.layers:
+    # A Functional model's operations include the Keras operations of the preprocessing, which
+    # are not layers; a subclass has layers only.
+    for layer in getattr(model, "operations", model.layers):
         if isinstance(layer, keras.layers.InputLayer):
             continue
         if isinstance(layer, keras.Model) and not prefix:
@@ -213,7 +215,8 @@ def _rows(model: keras.Model, prefix: str = "") -> list[tuple[str, str, str, str
             shape = str(tuple(layer.output.shape))
         except (AttributeError, ValueError):  # layers of subclassed models have no fixed output
             shape = "?"
-        rows.append((prefix + layer.name, type(layer).__name__, shape, f"{layer.count_params():,}"))
+        params = layer.count_params() if isinstance(layer, keras.layers.Layer) else 0
+        rows.append((prefix + layer.name, type(layer).__name__, shape, f"{params:,}"))
     return rows
 
 

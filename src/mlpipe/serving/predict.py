@@ -13,7 +13,8 @@ import io
 import logging
 import sys
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -122,7 +123,8 @@ def output_frame(raw: np.ndarray, schema: Schema, ids: pd.Series | None) -> pd.D
         return out
     classes = schema.classes or ()
     proba = class_probabilities(raw, len(classes)).astype(np.float32)
-    out[PREDICTION] = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
+    # Categorical: the label of each row without a million Python objects
+    out[PREDICTION] = pd.Categorical.from_codes(proba.argmax(axis=1), categories=list(classes))
     for i, label in enumerate(classes):
         out[f"proba_{label}"] = proba[:, i]
     return out
@@ -135,23 +137,15 @@ class Predictor:
     """A loaded model and its schema: a frame of raw cells in, predictions out. What both
     `mlpipe predict` and `mlpipe serve` run, so that they cannot disagree.
 
-    The model runs as one traced TensorFlow function over `batch_size` rows at a time: no
-    per-call Keras overhead and no retracing, whatever the number of rows."""
+    The model runs as one traced TensorFlow function over `batch_size` rows at a time, fed two
+    matrices (numeric and categorical columns) that it splits into the model's named inputs
+    itself: no per-call Keras overhead, no retracing, and a few tensors per call however many
+    columns there are."""
 
     def __init__(self, model: keras.Model, schema: Schema, batch_size: int = BATCH_SIZE):
-        import tensorflow as tf
-
-        from mlpipe.modeling.models import main_output
-        from mlpipe.serving.export import signature
-
         self.model, self.schema, self.batch_size = model, schema, batch_size
         if model not in _TRACED:  # one function per model, traced once
-            # A weak reference, so that the function does not keep its model alive
-            held = weakref.ref(model)
-            _TRACED[model] = tf.function(
-                lambda inputs: main_output(held()(inputs, training=False)),  # type: ignore[misc]
-                input_signature=[signature(model)],
-            )
+            _TRACED[model] = _traced(model, schema)
         self._call = _TRACED[model]
 
     def check(self, columns: list[str], where: str) -> list[str]:
@@ -160,13 +154,14 @@ class Predictor:
 
     def raw(self, frame: pd.DataFrame, where: str, first_row: int = 1) -> np.ndarray:
         """The main output for the rows of `frame` (raw cells, as `tables` reads them)."""
-        from mlpipe.features import model_inputs, tensors
+        from mlpipe.features import input_matrices
 
-        inputs = model_inputs(frame, self.schema, where, first_row)
+        numbers, texts = input_matrices(frame, self.schema, where, first_row)
+        texts = texts.astype(np.str_) if texts.size else np.zeros(texts.shape, np.str_)
         parts = []
         for start in range(0, len(frame), self.batch_size):
-            batch = {name: v[start : start + self.batch_size] for name, v in inputs.items()}
-            parts.append(self._call(tensors(batch)).numpy())
+            end = start + self.batch_size
+            parts.append(self._call(numbers[start:end], texts[start:end]).numpy())
         return np.concatenate(parts) if len(parts) != 1 else parts[0]
 
     def frame(self, frame: pd.DataFrame, where: str, first_row: int = 1) -> pd.DataFrame:
@@ -174,6 +169,31 @@ class Predictor:
         id_column = self.schema.id_column
         ids = frame[id_column] if id_column and id_column in frame else None
         return output_frame(self.raw(frame, where, first_row), self.schema, ids)
+
+
+def _traced(model: keras.Model, schema: Schema):
+    """The model as a TensorFlow function of (numbers, texts), the matrices of
+    `features.input_matrices`, which it splits into the model's named inputs."""
+    import tensorflow as tf
+
+    from mlpipe.modeling.models import main_output
+
+    numeric = [f.input for f in schema.features if f.kind == "numeric"]
+    categorical = [f.input for f in schema.features if f.kind == "categorical"]
+    held = weakref.ref(model)  # the function must not keep its model alive
+
+    def call(numbers, texts):
+        inputs = {name: numbers[:, i : i + 1] for i, name in enumerate(numeric)}
+        inputs |= {name: texts[:, i : i + 1] for i, name in enumerate(categorical)}
+        return main_output(held()(inputs, training=False))  # type: ignore[misc]
+
+    return tf.function(
+        call,
+        input_signature=[
+            tf.TensorSpec((None, len(numeric)), tf.float32, name="numbers"),
+            tf.TensorSpec((None, len(categorical)), tf.string, name="texts"),
+        ],
+    )
 
 
 def check_output(output_path: str | Path) -> None:
@@ -230,6 +250,10 @@ def write_csv(frame: pd.DataFrame, handle, header: bool) -> None:
     columns = {}
     for name in frame.columns:
         column = frame[name]
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            labels = pa.array([str(c) for c in column.cat.categories], pa.string())
+            columns[str(name)] = labels.take(pa.array(column.cat.codes.to_numpy()))
+            continue
         if column.dtype == object or pd.api.types.is_bool_dtype(column):
             column = column.astype("string")  # missing stays missing: an empty cell
         columns[str(name)] = pa.array(column, from_pandas=True)
@@ -238,6 +262,17 @@ def write_csv(frame: pd.DataFrame, handle, header: bool) -> None:
         csv.writer(text, lineterminator="\n").writerow(columns)
         handle.write(text.getvalue().encode())
     pa_csv.write_csv(pa.table(columns), handle, pa_csv.WriteOptions(include_header=False))
+
+
+def prefetched(chunks: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """`chunks`, with the next one read in a thread while the current one is predicted and
+    written: reading and inference overlap, at the cost of one more chunk in memory."""
+    iterator = iter(chunks)
+    with ThreadPoolExecutor(1) as reader:
+        upcoming = reader.submit(next, iterator, None)
+        while (chunk := upcoming.result()) is not None:
+            upcoming = reader.submit(next, iterator, None)
+            yield chunk
 
 
 def predict_rows(
@@ -256,7 +291,7 @@ def predict_rows(
         total=rows.total, unit=" rows", unit_scale=True, disable=not progress, file=sys.stderr
     )
     with bar, files.atomic_path(output_path) as tmp, open(tmp, "wb") as handle:
-        for chunk in rows:
+        for chunk in prefetched(rows):
             if chunk.empty:
                 continue
             write_csv(predictor.frame(chunk, rows.path, done + 1), handle, header=done == 0)

@@ -184,7 +184,15 @@ def checked(predictor: Predictor, frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
         raise RequestError("the request holds no rows")
     predictor.check([str(c) for c in frame.columns], WHERE)
-    return clean_cells(frame, csv_params(predictor.schema).na_values)
+    text = [
+        name
+        for name, dtype in frame.dtypes.items()
+        if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype)
+    ]
+    if text:  # JSON numbers are numbers already
+        frame = frame.copy()
+        frame[text] = clean_cells(frame[text], csv_params(predictor.schema).na_values)
+    return frame
 
 
 def scalar(value: Any, column: str, row: int) -> Any:
