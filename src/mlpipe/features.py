@@ -51,8 +51,9 @@ def input_matrices(
     frame: pd.DataFrame, schema: Schema, where: str = "data", first_row: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """The values `model_inputs` gives, as two matrices in the schema's order: the numeric
-    features, float32 (n, numeric), and the categorical ones, text (n, categorical). Two arrays
-    instead of one per column, so that a wide row costs a few calls, not one per column."""
+    features, float32 (n, numeric) in column-major order, and the categorical ones, text
+    (n, categorical). Two arrays instead of one per column, so that a wide row costs a few
+    calls, not one per column."""
     missing = [name for name in schema.feature_names if name not in frame.columns]
     if missing:
         raise DataError(f"{where}: missing feature columns {missing}; the model needs them")
@@ -63,16 +64,17 @@ def input_matrices(
         pd.api.types.is_numeric_dtype(dtypes[name]) and not pd.api.types.is_bool_dtype(dtypes[name])
         for name in numeric
     )
+    # Column-major: each column's values are contiguous, to be written and read in one pass.
     if typed:  # numbers already (Parquet, JSON): one conversion for the whole block
-        numbers = frame[numeric].to_numpy(dtype=np.float32, na_value=np.nan)
+        numbers = np.asfortranarray(frame[numeric].to_numpy(dtype=np.float32, na_value=np.nan))
     else:
-        numbers = np.empty((len(frame), len(numeric)), dtype=np.float32)
+        numbers = np.empty((len(frame), len(numeric)), dtype=np.float32, order="F")
         for i, name in enumerate(numeric):
             numbers[:, i] = numeric_values(frame[name], where, first_row)
     texts = np.empty((len(frame), len(categorical)), dtype=object)
     for i, name in enumerate(categorical):
         texts[:, i] = to_categories(frame[name])
-    return numbers.reshape(len(frame), len(numeric)), texts
+    return numbers, texts
 
 
 def numeric_values(column: pd.Series, where: str, first_row: int = 1) -> np.ndarray:

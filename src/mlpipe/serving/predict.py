@@ -161,7 +161,9 @@ class Predictor:
         parts = []
         for start in range(0, len(frame), self.batch_size):
             end = start + self.batch_size
-            parts.append(self._call(numbers[start:end], texts[start:end]).numpy())
+            # The numbers go in transposed, one contiguous row per column
+            columns = np.ascontiguousarray(numbers[start:end].T)
+            parts.append(self._call(columns, texts[start:end]).numpy())
         return np.concatenate(parts) if len(parts) != 1 else parts[0]
 
     def frame(self, frame: pd.DataFrame, where: str, first_row: int = 1) -> pd.DataFrame:
@@ -172,8 +174,9 @@ class Predictor:
 
 
 def _traced(model: keras.Model, schema: Schema):
-    """The model as a TensorFlow function of (numbers, texts), the matrices of
-    `features.input_matrices`, which it splits into the model's named inputs."""
+    """The model as a TensorFlow function of (columns, texts): the numeric columns as rows
+    (numeric, n) and the categorical ones (n, categorical), as `features.input_matrices` gives
+    them, split into the model's named inputs inside the function."""
     import tensorflow as tf
 
     from mlpipe.modeling.models import main_output
@@ -182,15 +185,15 @@ def _traced(model: keras.Model, schema: Schema):
     categorical = [f.input for f in schema.features if f.kind == "categorical"]
     held = weakref.ref(model)  # the function must not keep its model alive
 
-    def call(numbers, texts):
-        inputs = {name: numbers[:, i : i + 1] for i, name in enumerate(numeric)}
+    def call(columns, texts):
+        inputs = {name: tf.reshape(columns[i], (-1, 1)) for i, name in enumerate(numeric)}
         inputs |= {name: texts[:, i : i + 1] for i, name in enumerate(categorical)}
-        return main_output(held()(inputs, training=False))  # type: ignore[misc]
+        return main_output(held()(inputs, training=False))
 
     return tf.function(
         call,
         input_signature=[
-            tf.TensorSpec((None, len(numeric)), tf.float32, name="numbers"),
+            tf.TensorSpec((len(numeric), None), tf.float32, name="columns"),
             tf.TensorSpec((None, len(categorical)), tf.string, name="texts"),
         ],
     )
