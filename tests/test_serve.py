@@ -191,6 +191,10 @@ def test_bad_requests_name_the_column_and_the_reason(server):
     assert status == 400 and "dataframe_records, dataframe_split" in got["error"]
     status, got = server.json("POST", "/v1/models/churn:predict", {"instances": [[40, 31.5]]})
     assert status == 400 and "row 1 is list, not an object" in got["error"]
+    nested = {"instances": [row, {**row, "fee": [31.5, 32.0]}]}
+    status, got = server.json("POST", "/v1/models/churn:predict", nested)
+    assert status == 400
+    assert got["error"].startswith("column `fee` of row 2: [31.5, 32.0] is not a single value")
     status, content = server.call("POST", "/invocations", raw=b"{not json")
     assert status == 400 and "not JSON" in json.loads(content)["error"]
     status, got = server.json("POST", "/v1/models/other:predict", {"instances": [row]})

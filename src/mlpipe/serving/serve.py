@@ -195,49 +195,52 @@ def checked(predictor: Predictor, frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def scalar(value: Any, column: str, row: int) -> Any:
-    """A cell: a plain value, or a list of one, as TF Serving writes inputs of shape (1,)."""
-    if isinstance(value, list):
-        if len(value) != 1:
-            raise RequestError(
-                f"column `{column}` of row {row}: a list of {len(value)} values; each column "
-                "takes one value per row"
-            )
-        value = value[0]
-    if isinstance(value, dict | list):
-        raise RequestError(f"column `{column}` of row {row}: {value!r} is not a single value")
-    return value
+def unwrap(frame: pd.DataFrame) -> pd.DataFrame:
+    """Cells that are lists of one value become that value, as TF Serving writes inputs of
+    shape (1,); a longer list or an object is refused, naming the column and the row. Only
+    columns of Python objects can hold them, so numeric columns cost nothing."""
+    for name, dtype in frame.dtypes.items():
+        if not pd.api.types.is_object_dtype(dtype):
+            continue
+        column = frame[name]
+        nested = column.map(lambda v: isinstance(v, list | dict)).to_numpy(dtype=bool)
+        if not nested.any():
+            continue
+        values = column.to_numpy(copy=True)
+        for i in np.flatnonzero(nested):
+            value = values[i]
+            if not isinstance(value, list) or len(value) != 1 or isinstance(value[0], list | dict):
+                raise RequestError(
+                    f"column `{name}` of row {i + 1}: {value!r} is not a single value; each "
+                    "column takes one value per row (or a list of one)"
+                )
+            values[i] = value[0]
+        frame[name] = pd.Series(values, index=frame.index, name=name).infer_objects()
+    return frame
 
 
 def records_frame(records: Any, key: str) -> pd.DataFrame:
     """Row objects ({column: value}) as a frame."""
     if not isinstance(records, list):
         raise RequestError(f"`{key}` must be a list of row objects {{column: value, ...}}")
-    rows = []
     for i, record in enumerate(records, start=1):
         if not isinstance(record, dict):
             raise RequestError(
                 f"`{key}` row {i} is {type(record).__name__}, not an object "
                 "{column: value, ...}; rows name their columns"
             )
-        rows.append({str(k): scalar(v, str(k), i) for k, v in record.items()})
-    return pd.DataFrame.from_records(rows)
+    return unwrap(pd.DataFrame.from_records(records))
 
 
 def columns_frame(columns: Any, key: str) -> pd.DataFrame:
     """Columnar inputs ({column: [values]}) as a frame."""
     if not isinstance(columns, dict):
         raise RequestError(f"`{key}` must be an object {{column: [values], ...}}")
-    data = {}
-    lengths = set()
-    for column, values in columns.items():
-        values = values if isinstance(values, list) else [values]
-        data[str(column)] = [scalar(v, str(column), i) for i, v in enumerate(values, start=1)]
-        lengths.add(len(values))
-    if len(lengths) > 1:
-        sizes = {column: len(values) for column, values in data.items()}
-        raise RequestError(f"`{key}`: the columns have different lengths {sizes}")
-    return pd.DataFrame(data)
+    data = {str(c): v if isinstance(v, list) else [v] for c, v in columns.items()}
+    lengths = {column: len(values) for column, values in data.items()}
+    if len(set(lengths.values())) > 1:
+        raise RequestError(f"`{key}`: the columns have different lengths {lengths}")
+    return unwrap(pd.DataFrame(data))
 
 
 def tf_frame(payload: Any) -> tuple[pd.DataFrame, bool]:
@@ -263,15 +266,13 @@ def mlflow_frame(payload: Any) -> pd.DataFrame:
         data = split.get("data")
         if not isinstance(data, list):
             raise RequestError("`dataframe_split.data` must be a list of rows")
-        records = []
         for i, row in enumerate(data, start=1):
             if not isinstance(row, list) or len(row) != len(columns):
                 raise RequestError(
                     f"`dataframe_split.data` row {i} does not hold {len(columns)} values, one "
                     f"per column of `columns`"
                 )
-            records.append(dict(zip(columns, row, strict=True)))
-        return records_frame(records, "dataframe_split")
+        return unwrap(pd.DataFrame(data, columns=columns))
     if "instances" in payload or "inputs" in payload:
         return tf_frame(payload)[0]
     raise RequestError(
