@@ -238,11 +238,17 @@ def test_inputs_and_output_are_checked_before_tensorflow_loads(project, tmp_path
     assert list((tmp_path / "folder").iterdir()) == []
 
 
-def test_large_batches_predict_as_small_ones(project, tmp_path):
+def test_large_batches_predict_as_small_ones(project, tmp_path, capsys):
     test = pd.read_parquet(project / "prepared" / "test.parquet")
     test.to_csv(tmp_path / "rows.csv", index=False)
     model, meta = predict.load(project / "export")
     predict.predict_file(model, meta, tmp_path / "rows.csv", tmp_path / "big.csv")
+    assert capsys.readouterr().err == ""  # no progress bar unless asked (on a terminal)
+    test.to_parquet(tmp_path / "rows.parquet")
+    predict.predict_file(
+        model, meta, tmp_path / "rows.parquet", tmp_path / "bar.csv", progress=True
+    )
+    assert f"{len(test)}/{len(test)}" in capsys.readouterr().err  # Parquet tells the total
     predict.predict_file(
         model, meta, tmp_path / "rows.csv", tmp_path / "small.csv", batch_size=7, chunk_rows=13
     )

@@ -227,9 +227,26 @@ def test_health_status_and_metadata(server):
     assert got["mlpipe"]["classes"] == ["leave", "stay"]
 
 
-def test_sigterm_stops_the_server_with_exit_0(exported):
+def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(exported):
     server = Server(exported)
-    server.process.send_signal(signal.SIGTERM)
+    body = json.dumps({"instances": [{"age": 40, "fee": 31.5, "city": "lyon"}]}).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        head = (
+            f"POST /v1/models/churn:predict HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body[:10])  # the request has begun, not ended
+        time.sleep(1)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        assert server.process.poll() is None  # still waiting for the request to end
+        sock.sendall(body[10:])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status, _, content = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200")
+    assert json.loads(content)["predictions"][0]["classes"] == ["leave", "stay"]
     _, stderr = server.process.communicate(timeout=60)
     assert server.process.returncode == 0, stderr
     assert "Finished server process" in stderr
