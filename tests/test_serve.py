@@ -250,3 +250,14 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(exported):
     _, stderr = server.process.communicate(timeout=60)
     assert server.process.returncode == 0, stderr
     assert "Finished server process" in stderr
+
+
+def test_named_outputs_of_regression_and_of_one_sigmoid_unit():
+    from mlpipe.serving import serve
+
+    got = serve.named_outputs(np.array([[1.5], [2.25]], dtype=np.float32), None)
+    assert list(got) == ["predictions"] and got["predictions"].tolist() == [1.5, 2.25]
+    got = serve.named_outputs(np.array([[0.25], [0.75]], dtype=np.float32), (False, True))
+    assert got["scores"].tolist() == [[0.75, 0.25], [0.25, 0.75]]
+    assert got["classes"].tolist() == [["False", "True"], ["False", "True"]]
+    assert got["predicted_class"].tolist() == ["False", "True"]
