@@ -4,9 +4,10 @@ legacy HDF5), with the metadata serving needs and provenance. Every format takes
 Reads:  <model> (model folder), <prepared>/schema.json, <prepared>/train.parquet (hashed, and the
         source of the recorded medians and categories), <prepared>/test.parquet (a sample to
         check the ONNX file on).
-Writes: <out>/model.keras, <out>/saved_model/, <out>/model.onnx, <out>/model.h5,
-        <out>/metadata.json (the schema, with the training medians and categories, how to read
-        files, library versions, git commit, params and training-data hashes).
+Writes: <out>/model.keras (loads with plain Keras), <out>/saved_model/1/ (for TF Serving, with
+        named outputs), <out>/model.onnx, <out>/model.h5, <out>/metadata.json (the schema, with
+        the training medians and categories, how to read files, library versions, params and
+        training-data hashes).
 Params: seed, data, model, train (hashed into the metadata), export.
 """
 

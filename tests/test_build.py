@@ -58,14 +58,17 @@ def test_output_layer_follows_the_task(task, classes, units, activation):
 
 def test_preprocessing_is_learned_on_the_training_split_only(digits):
     splits, schema = digits
-    model = models.build_model(ModelParams(hidden_units=[8]), schema, splits["train"])
-    layer = model.get_layer("preprocess").get_layer("impute_standardize")
+    params = ModelParams(hidden_units=[8], clip_inputs=None)
+    preprocessor, _ = models.split_model(models.build_model(params, schema, splits["train"]))
     x_train = splits["train"][schema.feature_names].to_numpy(dtype=np.float64)
-    np.testing.assert_allclose(layer.mean, x_train.mean(axis=0), rtol=1e-6)
-    std = x_train.std(axis=0)
-    np.testing.assert_allclose(layer.std, np.where(std > 0, std, 1.0), rtol=1e-6)
-    x_all = np.vstack([p[schema.feature_names].to_numpy() for p in splits.values()])
-    assert not np.allclose(layer.mean, x_all.mean(axis=0), rtol=1e-4)
+    out = features.to_numpy(features.transform(preprocessor, splits["train"], schema))
+    # (x - training mean) / training std: mean 0 and std 1 on the training split, std 0 where
+    # the column is constant in training (divided by 1, not by 0)
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(out.std(axis=0), np.where(x_train.std(axis=0) > 0, 1, 0), atol=1e-4)
+    every = pd.concat(list(splits.values()), ignore_index=True)
+    out_all = features.to_numpy(features.transform(preprocessor, every, schema))
+    assert not np.allclose(out_all.mean(axis=0), 0.0, atol=1e-4)
 
 
 def test_missing_numbers_get_the_training_median_and_unseen_categories_a_bucket():
@@ -188,3 +191,32 @@ def test_a_model_from_elsewhere_is_named_as_such():
     inputs = keras.Input(shape=(2,))
     with pytest.raises(MlpipeError, match="not built by this project"):
         models.split_model(keras.Model(inputs, keras.layers.Dense(1)(inputs)))
+
+
+def test_text_cells_and_typed_columns_give_the_inputs_model_inputs_gives():
+    """`input_matrices` (what predict and serve feed) holds exactly the values of
+    `model_inputs` (what training feeds), whether cells are text, as in a CSV file, or typed."""
+    rng = np.random.default_rng(0)
+    numbers = [repr(float(v)) for v in rng.normal(0, 1e3, 200)] + ["1e5", "-0", "+3", ".5"]
+    typed = pd.DataFrame(
+        {
+            "size": pd.to_numeric(pd.Series(numbers)),
+            "city": rng.choice(["a", "b", None], len(numbers)),
+            "count": rng.integers(0, 2**40, len(numbers)),
+            "y": 0.0,
+        }
+    )
+    typed.loc[3, "size"] = np.nan
+    text = typed.astype("str").replace({"nan": None, "None": None})
+    text.loc[5, "count"] = "true"  # true/false words in a numeric column read as 1/0
+    schema = dataset.make_schema(typed, "y", "regression", DataParams(), ["size", "city", "count"])
+    for frame in (typed, text):
+        inputs = features.model_inputs(frame, schema)
+        numeric, categorical = features.input_matrices(frame, schema)
+        np.testing.assert_array_equal(numeric[:, 0], inputs["size"][:, 0])
+        np.testing.assert_array_equal(numeric[:, 1], inputs["count"][:, 0])
+        assert categorical[:, 0].tolist() == inputs["city"][:, 0].tolist()
+    assert features.input_matrices(text, schema)[0][5, 1] == 1.0
+    text.loc[7, "size"] = "seven"
+    with pytest.raises(DataError, match="column `size` is numeric but row 8 holds 'seven'"):
+        features.input_matrices(text, schema)

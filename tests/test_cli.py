@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import stage_env
 from mlpipe.tools import cli
 
 
@@ -46,3 +47,23 @@ def test_console_script_is_installed_and_imports_no_tensorflow(tmp_path):
     assert result.returncode == 0, result.stderr
     probe = "import sys; from mlpipe.tools import cli; assert 'tensorflow' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", probe]).returncode == 0
+
+
+def test_python_m_mlpipe_is_the_mlpipe_command(tmp_path):
+    (tmp_path / "params.yaml").write_text("seed: 1\ntrain: {epochs: 0}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "mlpipe", "params", "check"],
+        cwd=tmp_path,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "train.epochs" in result.stderr and "Traceback" not in result.stderr
+    version = subprocess.run(
+        [sys.executable, "-m", "mlpipe", "--version"],
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert version.stdout.strip() == "mlpipe 0.1.0"

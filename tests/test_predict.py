@@ -213,6 +213,7 @@ def test_a_bare_keras_file_predicts_with_features_read_off_the_model(project, tm
 def test_unsafe_or_foreign_models_are_refused(tmp_path):
     inputs = keras.Input(shape=(1,), name="age")
     keras.Model(inputs, keras.layers.Lambda(lambda t: t + 1)(inputs)).save(tmp_path / "l.keras")
+    (tmp_path / "x.csv").write_text("age\n1\n")
     result = mlpipe(
         "predict", "--model", "l.keras", "--input", "x.csv", "--output", "o.csv", cwd=tmp_path
     )
@@ -231,3 +232,66 @@ def test_exported_onnx_takes_raw_rows_too(project):
     model = models.load_model(project / "export" / "model.keras")
     got = export.onnx_predict(project / "export" / export.ONNX_FILE, inputs)
     np.testing.assert_allclose(got, features.predict(model, inputs, 64), atol=1e-5)
+
+
+PROBE = """
+import sys
+from mlpipe.tools import cli
+try:
+    cli.main(sys.argv[1:])
+except SystemExit as exit:
+    print("exit", exit.code, "tensorflow" in sys.modules)
+"""
+
+
+def test_inputs_and_output_are_checked_before_tensorflow_loads(project, tmp_path):
+    """A missing file, a missing column or an output that is a folder fails at once, naming
+    it, without loading TensorFlow or the model; no output is written."""
+    (tmp_path / "few.csv").write_text("age,city\n30,paris\n")
+    (tmp_path / "folder").mkdir()
+    model = str(project / "export")
+    cases = [
+        (["--input", str(tmp_path / "nope.csv"), "--output", "o.csv"], "nope.csv: file not found"),
+        (
+            ["--input", str(tmp_path / "few.csv"), "--output", "o.csv"],
+            "missing columns ['monthly_fee', 'plan']",
+        ),
+        (
+            ["--input", str(tmp_path / "few.csv"), "--output", str(tmp_path / "folder")],
+            "folder: is a folder; give the path of a CSV file to write",
+        ),
+    ]
+    for args, message in cases:
+        command = [sys.executable, "-c", PROBE, "predict", "--model", model, *args]
+        result = subprocess.run(
+            command, cwd=tmp_path, env=stage_env(), capture_output=True, text=True
+        )
+        assert result.stdout.strip() == "exit 2 False", result.stderr
+        assert message in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["few.csv", "folder"]
+    assert list((tmp_path / "folder").iterdir()) == []
+
+
+def test_large_batches_predict_as_small_ones(project, tmp_path, capsys):
+    test = pd.read_parquet(project / "prepared" / "test.parquet")
+    test.to_csv(tmp_path / "rows.csv", index=False)
+    model, meta = predict.load(project / "export")
+    predict.predict_file(model, meta, tmp_path / "rows.csv", tmp_path / "big.csv")
+    assert capsys.readouterr().err == ""  # no progress bar unless asked (on a terminal)
+    test.to_parquet(tmp_path / "rows.parquet")
+    predict.predict_file(
+        model, meta, tmp_path / "rows.parquet", tmp_path / "bar.csv", progress=True
+    )
+    bar = capsys.readouterr().err
+    assert "100%" in bar and " rows" in bar  # Parquet tells the total
+    predict.predict_file(
+        model, meta, tmp_path / "rows.csv", tmp_path / "small.csv", batch_size=7, chunk_rows=13
+    )
+    big, small = pd.read_csv(tmp_path / "big.csv"), pd.read_csv(tmp_path / "small.csv")
+    assert big["prediction"].tolist() == small["prediction"].tolist()
+    np.testing.assert_allclose(big["proba_True"], small["proba_True"], rtol=1e-5, atol=1e-7)
+    # Written by pyarrow: labels as text, as pandas would write them
+    assert (tmp_path / "big.csv").read_text().splitlines()[0] == (
+        "customer,prediction,proba_False,proba_True"
+    )
+    assert set(big["prediction"].astype(str)) <= {"True", "False"}

@@ -131,6 +131,40 @@ def build_model(cfg: ModelParams, schema: Schema, train: pd.DataFrame) -> keras.
     return compose(preprocessor, build_subclass_core(cfg, schema))
 
 
+def plain_model(model: keras.Model) -> keras.Model:
+    """`model` made of Keras's own layers and operations only, so that its saved file loads with
+    plain Keras, without mlpipe. A subclassed core becomes the Functional network its `call()`
+    runs, with its weights (residual blocks unrolled into their dense layers and an `Add`); the
+    other APIs already are."""
+    preprocessor, core = split_model(model)
+    if not isinstance(core, WideAndDeepModel):
+        return model
+    widths = {path: t.shape[-1] for path, t in preprocessor.output.items()}
+    wide = keras.Input(shape=(widths[WIDE],), name=WIDE)
+    deep = keras.Input(shape=(widths[DEEP],), name=DEEP)
+    pairs: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
+
+    def copy(layer: keras.layers.Layer, name: str | None = None) -> keras.layers.Layer:
+        twin = type(layer).from_config({**layer.get_config(), "name": name or layer.name})
+        pairs.append((layer, twin))
+        return twin
+
+    z = deep
+    for layer in core.hidden:
+        z = copy(layer)(z)
+    for block in core.blocks:
+        y = z
+        for dense in block.dense:
+            y = copy(dense, f"{block.name}_{dense.name}")(y)
+        z = keras.layers.Add(name=block.name)([z, y])
+    main = copy(core.main_output)(keras.layers.Concatenate(name=core.concat.name)([wide, z]))
+    outputs = main if core.aux_output is None else {MAIN: main, AUX: copy(core.aux_output)(z)}
+    functional = keras.Model({WIDE: wide, DEEP: deep}, outputs, name=CORE)
+    for layer, twin in pairs:
+        twin.set_weights(layer.get_weights())
+    return compose(preprocessor, functional)
+
+
 def output_names(core: keras.Model) -> list[str]:
     """The core's outputs, main first: Keras's names for their losses and metrics."""
     if isinstance(core, WideAndDeepModel):
@@ -169,7 +203,9 @@ def _input_spec(tensor: keras.KerasTensor) -> dict:
 
 def _rows(model: keras.Model, prefix: str = "") -> list[tuple[str, str, str, str]]:
     rows = []
-    for layer in model.layers:
+    # A Functional model's operations include the Keras operations of the preprocessing, which
+    # are not layers; a subclass has layers only.
+    for layer in getattr(model, "operations", model.layers):
         if isinstance(layer, keras.layers.InputLayer):
             continue
         if isinstance(layer, keras.Model) and not prefix:
@@ -179,7 +215,8 @@ def _rows(model: keras.Model, prefix: str = "") -> list[tuple[str, str, str, str
             shape = str(tuple(layer.output.shape))
         except (AttributeError, ValueError):  # layers of subclassed models have no fixed output
             shape = "?"
-        rows.append((prefix + layer.name, type(layer).__name__, shape, f"{layer.count_params():,}"))
+        params = layer.count_params() if isinstance(layer, keras.layers.Layer) else 0
+        rows.append((prefix + layer.name, type(layer).__name__, shape, f"{params:,}"))
     return rows
 
 

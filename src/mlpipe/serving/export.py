@@ -11,14 +11,29 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 import mlpipe
 from mlpipe import MlpipeError
 from mlpipe.features import model_inputs, numeric_stats, vocabulary
-from mlpipe.modeling.models import main_output, output_names, save_model, split_model
+from mlpipe.modeling.models import (
+    main_output,
+    output_names,
+    plain_model,
+    save_model,
+    split_model,
+)
 from mlpipe.params import ExportParams, Params, params_hash
 from mlpipe.schema import Schema
-from mlpipe.serving.metadata import ExportMetadata, LearnedFeature, write_metadata
+from mlpipe.serving.metadata import (
+    CLASSES,
+    PREDICTED_CLASS,
+    PREDICTIONS,
+    SCORES,
+    ExportMetadata,
+    LearnedFeature,
+    write_metadata,
+)
 from mlpipe.util import reproducible
 from mlpipe.util.files import file_sha256
 from mlpipe.util.paths import (
@@ -27,6 +42,7 @@ from mlpipe.util.paths import (
     METADATA_FILE,  # noqa: F401  (stages/export.py writes it)
     ONNX_FILE,
     SAVED_MODEL_DIR,
+    SAVED_MODEL_VERSION,
 )
 
 ONNX_OPSET = 17
@@ -37,11 +53,16 @@ CHECK_ROWS = 256
 MODEL_SECTIONS = ("seed", "data", "model", "train")
 log = logging.getLogger("mlpipe.export")
 
-LIBRARIES = ("tensorflow", "keras", "numpy", "pandas", "scikit-learn", "dvc")
+LIBRARIES = ("keras", "numpy", "pandas", "scikit-learn", "dvc")
 
 
 def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "mlpipe": mlpipe.__version__}
+    # TensorFlow's own version: the installed distribution may be tensorflow or tensorflow-cpu
+    versions = {
+        "python": platform.python_version(),
+        "mlpipe": mlpipe.__version__,
+        "tensorflow": tf.__version__,
+    }
     for name in LIBRARIES:
         try:
             versions[name] = importlib.metadata.version(name)
@@ -66,7 +87,7 @@ def export_model(
     """
     meta = metadata(schema, params, train_file, model)
     sample = None if test is None else model_inputs(test.head(CHECK_ROWS), schema)
-    write_formats(model, params.export, out, sample)
+    write_formats(model, schema, params.export, out, sample)
     write_metadata(out, meta)
     return meta
 
@@ -108,21 +129,22 @@ def metadata(
 
 def write_formats(
     model: keras.Model,
+    schema: Schema,
     export: ExportParams,
     out: Path,
     sample: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """Write each requested format of `model` into `out`. A subclassed core is stored in the
-    `.keras` file through its registration (config and weights), so it loads without code.
+    """Write each requested format of `model` into `out`, made of Keras's own layers and
+    operations (`plain_model`: a subclassed core as the Functional network it runs), so that
+    the `.keras` file loads with plain Keras.
 
     `sample` (named raw inputs) is what the ONNX file is checked on, in onnxruntime.
     """
+    model = plain_model(model)
     if "keras" in export.formats:
         save_model(model, out / KERAS_FILE)
     if "saved_model" in export.formats:
-        with reproducible.sorted_export_variables():
-            model.export(out / SAVED_MODEL_DIR, format="tf_saved_model", verbose=False)
-        reproducible.normalize_saved_model(out / SAVED_MODEL_DIR)
+        write_saved_model(model, schema, out / SAVED_MODEL_DIR / str(SAVED_MODEL_VERSION))
     if export.onnx:
         write_onnx(model, out / ONNX_FILE)
         if sample is not None:
@@ -135,6 +157,35 @@ def write_formats(
             KERAS_FILE,
         )
         model.save(out / H5_FILE)
+
+
+def write_saved_model(model: keras.Model, schema: Schema, folder: Path) -> None:
+    """A SavedModel for TF Serving in `folder` (a version folder): its `serve` signature, also
+    `serving_default`, takes the raw columns by name and gives the main output's predictions
+    under names. Classification: `scores` (n, classes), the probability of each class,
+    `classes` (n, classes), the class names as text (TF Estimator's convention), and
+    `predicted_class` (n,), the most probable; regression: `predictions` (n,)."""
+    import tensorflow as tf
+
+    names = None if schema.classes is None else tf.constant([str(c) for c in schema.classes])
+
+    def serve(inputs):
+        raw = main_output(model(inputs, training=False))
+        if names is None:
+            return {PREDICTIONS: tf.reshape(raw, [-1])}
+        scores = tf.concat([1 - raw, raw], axis=1) if raw.shape[-1] == 1 else raw
+        return {
+            SCORES: scores,
+            CLASSES: tf.tile(names[tf.newaxis, :], [tf.shape(scores)[0], 1]),
+            PREDICTED_CLASS: tf.gather(names, tf.argmax(scores, axis=1)),
+        }
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", serve, input_signature=[signature(model)])
+    with reproducible.sorted_export_variables():
+        archive.write_out(folder, verbose=False)
+    reproducible.normalize_saved_model(folder)
 
 
 def signature(model: keras.Model) -> dict:

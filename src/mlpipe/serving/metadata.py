@@ -13,6 +13,14 @@ from mlpipe.params import CsvParams
 from mlpipe.schema import Feature, Schema, read_record, write_record
 from mlpipe.util.paths import METADATA_FILE
 
+# The named outputs of the SavedModel's signature and of `mlpipe serve`'s TF Serving route:
+# classification gives the probability of each class, the class names beside them (TF
+# Estimator's convention) and the most probable class; regression the predicted value.
+SCORES = "scores"
+CLASSES = "classes"
+PREDICTED_CLASS = "predicted_class"
+PREDICTIONS = "predictions"
+
 
 def _absent(value) -> bool:
     return value is None

@@ -31,28 +31,41 @@ def _schema(args: argparse.Namespace) -> None:
 
 def _predict(args: argparse.Namespace) -> None:
     import logging
+    import sys
 
     from mlpipe.serving import predict
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    model, meta = predict.load(args.model)
-    csv = None
     if args.encoding:  # the file's encoding, where it differs from the training data's
         try:
             codecs.lookup(args.encoding)
         except LookupError:
             fail(f"--encoding: unknown text encoding {args.encoding!r}; e.g. utf-8, cp1252")
-        csv = predict.csv_params(meta).model_copy(update={"encoding": args.encoding})
-    rows = predict.predict_file(
-        model,
-        meta,
+    rows = predict.run(
+        args.model,
         args.input,
         args.output,
         batch_size=args.batch_size,
         chunk_rows=args.chunk_rows,
-        csv=csv,
+        progress=sys.stderr.isatty(),
+        encoding=args.encoding,
     )
     print(f"{args.output}: {rows} predictions")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import logging
+
+    from mlpipe.serving import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    serve.serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        name=args.name,
+        max_request_bytes=args.max_request_bytes,
+    )
 
 
 def _preset_args(args: argparse.Namespace) -> None:
@@ -138,13 +151,35 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, help="export folder or .keras file")
     predict.add_argument("--input", required=True, help="CSV or Parquet file of rows")
     predict.add_argument("--output", required=True, help="CSV file to write")
-    predict.add_argument("--batch-size", type=int, default=8192, help="rows per model call")
+    predict.add_argument(
+        "--batch-size", type=int, default=65_536, help="rows per model call (default 65536)"
+    )
     predict.add_argument(
         "--encoding",
         help="text encoding of a CSV input (default: the training data's data.csv.encoding)",
     )
     predict.add_argument(
         "--chunk-rows", type=int, default=100_000, help="rows read at a time (bounds memory)"
+    )
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve an exported model over HTTP (TF Serving REST and MLflow scoring routes)",
+        description="Load the model once and answer POST /v1/models/NAME:predict "
+        '({"instances": [...]} or {"inputs": {...}}), POST /invocations (dataframe_records, '
+        "dataframe_split), GET /v1/models/NAME, /v1/models/NAME/metadata, /ping, /health and "
+        "/version. SIGTERM or SIGINT stops it once the requests in flight are answered.",
+    )
+    serve.set_defaults(func=_serve)
+    serve.add_argument("--model", required=True, help="export folder (models/export)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8501, help="port (default 8501, TF Serving's)")
+    serve.add_argument("--name", default="model", help="model name in the TF Serving routes")
+    serve.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=16 * 1024 * 1024,
+        help="larger request bodies are refused with 413 (default 16 MiB)",
     )
     sub = commands.add_parser(
         "preset-args",

@@ -15,6 +15,9 @@ CORE_CONFIG_FILE = "core.json"
 
 # The export folder, written by export: KERAS_FILE and these
 SAVED_MODEL_DIR = "saved_model"
+# TF Serving serves the highest numbered folder under its model's base path. The export is
+# replaced whole on every run, and its bytes must repeat, so the number is fixed.
+SAVED_MODEL_VERSION = 1
 METADATA_FILE = "metadata.json"
 ONNX_FILE = "model.onnx"
 H5_FILE = "model.h5"
