@@ -74,7 +74,8 @@ def repo(tmp_path_factory) -> Path:
         params[section] = {**params[section], **values}
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "commit", "-qam", "tiny params"], cwd=path)
-    assert stages_run(run(["dvc", "repro"], cwd=path)) == STAGES
+    # the baselines read only the data, which the tiny params leave as committed
+    assert stages_run(run(["dvc", "repro"], cwd=path)) == STAGES - {"baselines"}
     return path
 
 

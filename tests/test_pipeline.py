@@ -91,7 +91,8 @@ def tiny(clone) -> Path:
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "commit", "-qam", "tiny params"], cwd=clone)
     first = run(["dvc", "repro"], cwd=clone)
-    assert stages_run(first) == STAGES
+    # the baselines read only the data, which the tiny params leave as committed
+    assert stages_run(first) == STAGES - {"baselines"}
     return clone
 
 

@@ -70,6 +70,10 @@ def input_matrices(
         numbers = np.empty((len(frame), len(numeric)), dtype=np.float32, order="F")
         for i, name in enumerate(numeric):
             numbers[:, i] = numeric_values(frame[name], where, first_row)
+    if np.isinf(numbers).any():  # in the file, or beyond float32: `to_numeric` names the row
+        for i, name in enumerate(numeric):
+            if np.isinf(numbers[:, i]).any():
+                to_numeric(frame[name], where, first_row)
     texts = np.empty((len(frame), len(categorical)), dtype=object)
     for i, name in enumerate(categorical):
         texts[:, i] = to_categories(frame[name])
