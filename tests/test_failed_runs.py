@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline import STAGES, TINY, run, stages_run
+from test_pipeline import STAGES, run, run_tiny, stages_run
 
 from conftest import ROOT
 from mlpipe.util.files import FAULT_VARIABLE
@@ -69,14 +69,7 @@ def repo(tmp_path_factory) -> Path:
         pytest.skip("git is not installed")
     path = tmp_path_factory.mktemp("failures") / "repo"
     run(["git", "clone", "-q", str(ROOT), str(path)], cwd=ROOT)
-    params = yaml.safe_load((path / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section] = {**params[section], **values}
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "commit", "-qam", "tiny params"], cwd=path)
-    # the baselines read only the data, which the tiny params leave as committed
-    assert stages_run(run(["dvc", "repro"], cwd=path)) == STAGES - {"baselines"}
-    return path
+    return run_tiny(path)
 
 
 def test_every_stage_failing_keeps_its_outputs_and_clears_a_killed_runs_leftovers(repo):

@@ -83,8 +83,8 @@ def test_committed_metrics_and_plots_show_without_running(clone):
     assert not (clone / "models" / "model").exists()
 
 
-@pytest.fixture(scope="module")
-def tiny(clone) -> Path:
+def run_tiny(clone: Path) -> Path:
+    """Commit the TINY params in `clone` and run the pipeline once."""
     params = yaml.safe_load((clone / "params.yaml").read_text())
     for section, values in TINY.items():
         params[section] = {**params[section], **values}
@@ -94,6 +94,11 @@ def tiny(clone) -> Path:
     # the baselines read only the data, which the tiny params leave as committed
     assert stages_run(first) == STAGES - {"baselines"}
     return clone
+
+
+@pytest.fixture(scope="module")
+def tiny(clone) -> Path:
+    return run_tiny(clone)
 
 
 def test_first_run_trains_a_useful_model(tiny):

@@ -321,12 +321,10 @@ def predict_file(
     batch_size: int = BATCH_SIZE,
     chunk_rows: int = CHUNK_ROWS,
     progress: bool = False,
-    reading: CsvParams | None = None,
 ) -> int:
-    """Predict every row of `input_path` into `output_path` (CSV); return the number of rows.
-    `reading` overrides how a CSV file is read (default: as the training data was)."""
+    """Predict every row of `input_path` into `output_path` (CSV); return the number of rows."""
     check_output(output_path)
-    rows = Rows(input_path, reading or csv_params(schema), chunk_rows, numeric_names(schema))
+    rows = Rows(input_path, csv_params(schema), chunk_rows, numeric_names(schema))
     return predict_rows(Predictor(model, schema, batch_size), rows, output_path, progress=progress)
 
 
