@@ -8,12 +8,11 @@ beside the previous one and about to replace it (the test hook `files.FAULT_VARI
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline import STAGES, run, run_tiny, stages_run
+from test_pipeline import STAGES, clone_of_root, run, run_tiny, stages_run
 
 from conftest import ROOT
 from mlpipe.util.files import FAULT_VARIABLE
@@ -65,11 +64,7 @@ def leftovers(repo: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed")
-    path = tmp_path_factory.mktemp("failures") / "repo"
-    run(["git", "clone", "-q", str(ROOT), str(path)], cwd=ROOT)
-    return run_tiny(path)
+    return run_tiny(clone_of_root(tmp_path_factory, "failures"))
 
 
 def test_every_stage_failing_keeps_its_outputs_and_clears_a_killed_runs_leftovers(repo):

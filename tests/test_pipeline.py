@@ -55,13 +55,18 @@ def stages_run(result: subprocess.CompletedProcess) -> set[str]:
     return set(re.findall(r"Running stage '(\w+)'", result.stdout + result.stderr))
 
 
-@pytest.fixture(scope="module")
-def clone(tmp_path_factory) -> Path:
+def clone_of_root(tmp_path_factory, name: str = "clone") -> Path:
+    """A throw-away `git clone` of this repository."""
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
-    path = tmp_path_factory.mktemp("clone") / "repo"
+    path = tmp_path_factory.mktemp(name) / "repo"
     run(["git", "clone", "-q", str(ROOT), str(path)], cwd=ROOT)
     return path
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    return clone_of_root(tmp_path_factory)
 
 
 def test_committed_metrics_and_plots_show_without_running(clone):

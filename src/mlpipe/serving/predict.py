@@ -27,7 +27,7 @@ from mlpipe.schema import Feature, Schema
 from mlpipe.serving.metadata import ExportMetadata, read_metadata
 from mlpipe.util import files
 from mlpipe.util.paths import CORE_CONFIG_FILE, KERAS_FILE, METADATA_FILE
-from mlpipe.util.tables import DataError, iter_table
+from mlpipe.util.tables import PARQUET_SUFFIXES, DataError, iter_table
 
 if TYPE_CHECKING:
     import keras
@@ -243,7 +243,7 @@ class Rows:
 
 def _row_count(path: Path) -> int | None:
     """The number of rows where the file says it without being read (Parquet)."""
-    if path.suffix.lower() in (".parquet", ".pq"):
+    if path.suffix.lower() in PARQUET_SUFFIXES:
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(path).metadata.num_rows
