@@ -1,6 +1,7 @@
-"""Training throughput of mlpipe's input path against plain Keras and scikit-learn, in one run.
+"""Training throughput of mlpipe's input path against plain Keras and scikit-learn, and the
+pipeline's overhead against one plain script: every ratio the median of paired runs.
 
-Measures samples per second of one epoch after warm-up on synthetic data (rows x 64 float32
+Measures samples per second of an epoch after warm-up on synthetic data (rows x 64 float32
 features, 10 classes) with a (300, 100) MLP, for:
   (a) mlpipe: the model from `models.build_model`, compiled by `fit.compile_model`
       (steps_per_execution auto), fed by `batches.ShuffledBatches`, with TensorFlow's threads
@@ -8,16 +9,19 @@ features, 10 classes) with a (300, 100) MLP, for:
   (b) plain Keras: the same layers without preprocessing, `model.fit(numpy_x, numpy_y)`, with
       TensorFlow's default settings;
   (c) scikit-learn's MLPClassifier((300, 100)) with the same batch size (partial_fit).
-TensorFlow fixes its thread pools at its first op, so (a) and (b) each run in a fresh child
-process, one after the other; an epoch's rate is that of the fastest of five timed epochs
-after one of warm-up, inside one `fit` (so fit's start-up and tear-down are not counted). Also: on
-digits, the validation accuracy after equal epochs of mlpipe's path and of `fit` on arrays;
-NumPy's float32 matrix-multiply rate; the wall time of the DVC pipeline (no-op and forced, in a
-temporary clone) against one plain script doing the same work; and the peak memory of
-training on 2M rows. Writes bench/results.json and bench/results.md.
+TensorFlow fixes its thread pools at its first op, so (a) and (b) run in fresh child
+processes. One paired run measures (a), (b), (c) and NumPy's float32 matrix-multiply rate, the
+order of (a) and (b) alternating between pairs; a setup's rate in a run is its faster timed
+epoch inside one `fit` (fit's start-up and tear-down are not counted). Each ratio is computed
+per pair and reported as the median over the pairs (default 5) with its range, so a burst of
+load outside the process moves one pair, not the figure. Also: the wall time of `dvc repro
+--force` of the default pipeline in a temporary clone against one plain script doing the same
+work (`bench/plain_pipeline.py`), paired the same way; a no-op `dvc repro`; on digits, the
+validation accuracy after equal epochs of mlpipe's path and of `fit` on arrays; the peak
+memory of training on 2M rows. Writes bench/results.json and bench/results.md.
 
-    python bench/bench.py            # full sizes, a few minutes
-    python bench/bench.py --quick    # tiny sizes, to check that it runs
+    python bench/bench.py            # 5 pairs, under 10 minutes on 2 cores
+    python bench/bench.py --quick    # tiny sizes, 2 pairs, no DVC: to check that it runs
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +47,8 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES, CLASSES, HIDDEN = 64, 10, (300, 100)
 BATCHES = (32, 256, 2048)
+SKLEARN_BATCHES = (32, 256)
+SETUPS = ("mlpipe", "keras_fit", "sklearn")
 DIGITS_EPOCHS, DIGITS_SEEDS = 20, (0, 1, 2)
 
 
@@ -230,8 +237,22 @@ def timed(command: list[str], cwd: Path, env: dict) -> float:
     return time.perf_counter() - start
 
 
-def pipeline_seconds() -> dict:
-    """`dvc repro --force` and a no-op `dvc repro` in a clone, and the plain script."""
+def pipeline_pair(clone: Path, env: dict, plain_first: bool) -> dict:
+    """One paired run: `dvc repro --force` in the clone and the plain script, in either order."""
+    runs = {}
+    order = ("plain", "e2e") if plain_first else ("e2e", "plain")
+    for which in order:
+        if which == "e2e":
+            runs[which] = timed(["dvc", "repro", "--force"], clone, env)
+        else:
+            plain = [sys.executable, str(ROOT / "bench/plain_pipeline.py"), str(clone)]
+            runs[which] = timed(plain, clone, env)
+    return runs
+
+
+def pipeline_seconds(pairs: int) -> dict:
+    """`dvc repro --force` of the default pipeline in a clone against the plain script, over
+    `pairs` paired runs (alternating which goes first), and a no-op `dvc repro`."""
     venv_bin = str(Path(sys.executable).parent)
     with tempfile.TemporaryDirectory() as tmp:
         clone = Path(tmp) / "repo"
@@ -241,16 +262,27 @@ def pipeline_seconds() -> dict:
             "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}",
             "PYTHONPATH": str(clone / "src"),
         }
-        e2e = timed(["dvc", "repro", "--force"], clone, env)
+        runs = []
+        for i in range(pairs):
+            runs.append(pipeline_pair(clone, env, plain_first=i % 2 == 1))
+            print("pipeline", {k: round(v, 1) for k, v in runs[-1].items()}, flush=True)
         noop = min(timed(["dvc", "repro"], clone, env) for _ in range(3))
-        plain = timed(
-            [sys.executable, str(ROOT / "bench/plain_pipeline.py"), str(clone)], clone, env
-        )
     return {
-        "e2e_repro_s": round(e2e, 2),
+        "e2e_repro_s": spread([r["e2e"] for r in runs], digits=2),
+        "plain_script_s": spread([r["plain"] for r in runs], digits=2),
+        "e2e_over_plain": spread([r["e2e"] / r["plain"] for r in runs]),
         "noop_repro_s": round(noop, 2),
-        "plain_script_s": round(plain, 2),
-        "e2e_over_plain": round(e2e / plain, 2),
+    }
+
+
+def spread(values: list[float], digits: int = 3) -> dict:
+    """The median of paired runs' figures, their range, and the figures themselves."""
+    ordered = sorted(values)
+    return {
+        "median": round(statistics.median(ordered), digits),
+        "min": round(ordered[0], digits),
+        "max": round(ordered[-1], digits),
+        "runs": [round(v, digits) for v in values],
     }
 
 
@@ -270,22 +302,86 @@ def memory_probe(rows: int) -> None:
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2)  # KiB -> GiB
 
 
+def throughput_pair(sizes: list[str], keras_first: bool) -> dict:
+    """One paired run of the throughput figures. mlpipe runs in two processes (batches up to
+    512, then 2048: train.op_threads auto differs) and plain Keras in one, which of the two
+    first alternating between pairs; then scikit-learn and NumPy's sgemm in this process."""
+    rates: dict[int, dict[str, float]] = {b: {} for b in BATCHES}
+    params = 0
+    for which in ("keras", "mlpipe") if keras_first else ("mlpipe", "keras"):
+        if which == "keras":
+            run = child(["--child", "keras", "--batches", ",".join(map(str, BATCHES)), *sizes])
+            for batch, rate in run["rates"].items():
+                rates[int(batch)]["keras_fit"] = rate
+            continue
+        for group in (BATCHES[:2], BATCHES[2:]):
+            run = child(["--child", "mlpipe", "--batches", ",".join(map(str, group)), *sizes])
+            for batch, rate in run["rates"].items():
+                rates[int(batch)]["mlpipe"] = rate
+            params = run["trainable_params"]
+    rows, epochs = int(sizes[1]), int(sizes[3])
+    x, y = synthetic(rows)
+    for batch in SKLEARN_BATCHES:
+        rates[batch]["sklearn"] = sklearn_rate(x, y, batch, epochs)
+    gflops = sgemm_gflops(512 if rows < 10_000 else 4096)
+    print({b: {k: round(v) for k, v in r.items()} for b, r in rates.items()}, flush=True)
+    return {"rates": rates, "params": params, "sgemm_gflops": gflops}
+
+
+def throughput(pairs: int, sizes: list[str]) -> dict:
+    """Every throughput figure and ratio over `pairs` paired runs: medians and ranges."""
+    runs = [throughput_pair(sizes, keras_first=i % 2 == 1) for i in range(pairs)]
+    params = runs[0]["params"]
+    samples = {}
+    ratios = {}
+    for batch in BATCHES:
+        setups = ["mlpipe", "keras_fit"] + (["sklearn"] if batch in SKLEARN_BATCHES else [])
+        samples[str(batch)] = {
+            k: spread([r["rates"][batch][k] for r in runs], digits=1) for k in setups
+        }
+        for other in setups[1:]:
+            per_pair = [r["rates"][batch]["mlpipe"] / r["rates"][batch][other] for r in runs]
+            ratios[f"mlpipe_over_{other}_{batch}"] = spread(per_pair)
+    ratios["sgemm_fraction_bs2048"] = spread(
+        [6 * params * r["rates"][2048]["mlpipe"] / 1e9 / r["sgemm_gflops"] for r in runs]
+    )
+    return {
+        "trainable_params": params,
+        "samples_per_s": samples,
+        "ratios": ratios,
+        "sgemm_gflops": spread([r["sgemm_gflops"] for r in runs], digits=1),
+    }
+
+
+def ranged(figure: dict, form: str = ".2f") -> str:
+    return f"{figure['median']:{form}} ({figure['min']:{form}}-{figure['max']:{form}})"
+
+
 def markdown(results: dict) -> str:
     from mlpipe.util.markdown import table
 
+    ratios = results["ratios"]
     header = ["batch", "mlpipe", "plain Keras fit", "scikit-learn"]
     header += ["mlpipe / Keras", "mlpipe / sklearn"]
     rows = []
     for batch, r in results["samples_per_s"].items():
-        sk = f"{r['sklearn']:,.0f}" if r.get("sklearn") else "-"
-        sk_ratio = f"{r['mlpipe'] / r['sklearn']:.2f}" if r.get("sklearn") else "-"
-        speeds = [f"{r['mlpipe']:,.0f}", f"{r['keras_fit']:,.0f}", sk]
-        rows.append([str(batch), *speeds, f"{r['mlpipe'] / r['keras_fit']:.2f}", sk_ratio])
+        speeds = [f"{r[k]['median']:,.0f}" if k in r else "-" for k in SETUPS]
+        sk_ratio = ratios.get(f"mlpipe_over_sklearn_{batch}")
+        rows.append(
+            [
+                batch,
+                *speeds,
+                ranged(ratios[f"mlpipe_over_keras_fit_{batch}"]),
+                ranged(sk_ratio) if sk_ratio else "-",
+            ]
+        )
     lines = [table(header, rows), ""]
+    pairs = len(ratios["sgemm_fraction_bs2048"]["runs"])
     lines.append(
-        f"Samples per second, {results['rows']:,} rows x {FEATURES} features, "
-        f"MLP {HIDDEN}. NumPy sgemm: {results['sgemm_gflops']:.0f} GFLOP/s; mlpipe at "
-        f"batch 2048 reaches {results['sgemm_fraction_bs2048']:.2f} of it."
+        f"Samples per second, medians of {pairs} paired runs (ratios: median, then the range "
+        f"of the pairs' ratios); {results['rows']:,} rows x {FEATURES} features, MLP {HIDDEN}. "
+        f"NumPy sgemm: {results['sgemm_gflops']['median']:.0f} GFLOP/s; mlpipe at batch 2048 "
+        f"reaches {ranged(ratios['sgemm_fraction_bs2048'])} of it."
     )
     digits = results["digits_valid_accuracy"]
     lines.append(
@@ -294,7 +390,14 @@ def markdown(results: dict) -> str:
         f"{', '.join(f'{a:.4f}' for a in digits['mlpipe'])}; `fit` on arrays "
         f"{', '.join(f'{a:.4f}' for a in digits['keras_fit'])}."
     )
-    for key in ("e2e_repro_s", "noop_repro_s", "plain_script_s", "peak_rss_gb_2m_rows"):
+    if results.get("e2e_over_plain"):
+        e2e, plain = results["e2e_repro_s"], results["plain_script_s"]
+        lines.append(
+            f"- `dvc repro --force` of the default pipeline / one plain script doing the same "
+            f"work: {ranged(results['e2e_over_plain'])} ({e2e['median']:.1f} s / "
+            f"{plain['median']:.1f} s, medians of {len(e2e['runs'])} paired runs)"
+        )
+    for key in ("noop_repro_s", "peak_rss_gb_2m_rows"):
         if results.get(key) is not None:
             lines.append(f"- `{key}`: {results[key]}")
     return "\n".join(lines) + "\n"
@@ -311,6 +414,7 @@ def run_child(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes; skip DVC and memory")
+    parser.add_argument("--pairs", type=int, help="paired runs per figure (default 5; quick 2)")
     parser.add_argument("--memory-probe", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=["mlpipe", "keras", "digits"], help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
@@ -327,48 +431,20 @@ def main() -> None:
         print(json.dumps(run_child(args)))
         return
 
-    rows = 4_000 if args.quick else 200_000
-    epochs = 2 if args.quick else 6  # one of warm-up, then the timed ones
-    sizes = ["--rows", str(rows), "--epochs", str(epochs)]
-    rates: dict[int, dict[str, float]] = {b: {} for b in BATCHES}
-    params = 0
-    for batch in BATCHES:
-        # A process per batch size: op_threads auto depends on it.
-        run = child(["--child", "mlpipe", "--batches", str(batch), *sizes])
-        rates[batch]["mlpipe"] = run["rates"][str(batch)]
-        params = run["trainable_params"]
-    keras_run = child(["--child", "keras", "--batches", ",".join(map(str, BATCHES)), *sizes])
-    x, y = synthetic(rows)
-    for batch in BATCHES:
-        rates[batch]["keras_fit"] = keras_run["rates"][str(batch)]
-        if batch != 2048:
-            rates[batch]["sklearn"] = sklearn_rate(x, y, batch, epochs)
-        print(batch, {k: round(v) for k, v in rates[batch].items()}, flush=True)
+    rows = 4_000 if args.quick else 100_000
+    epochs = 2 if args.quick else 3  # one of warm-up, then the timed ones
+    pairs = args.pairs or (2 if args.quick else 5)
+    results: dict = {
+        "rows": rows,
+        **throughput(pairs, ["--rows", str(rows), "--epochs", str(epochs)]),
+    }
     seeds = DIGITS_SEEDS[:1] if args.quick else DIGITS_SEEDS
     digits_epochs = 2 if args.quick else DIGITS_EPOCHS
     seed_list = ",".join(map(str, seeds))
     digits = child(["--child", "digits", "--epochs", str(digits_epochs), "--seeds", seed_list])
-    gflops = sgemm_gflops(512 if args.quick else 4096)
-    results = {
-        "rows": rows,
-        "trainable_params": params,
-        "samples_per_s": {str(b): {k: round(v, 1) for k, v in r.items()} for b, r in rates.items()},
-        "mlpipe_samples_per_s": round(rates[32]["mlpipe"], 1),
-        "keras_fit_samples_per_s": round(rates[32]["keras_fit"], 1),
-        "sklearn_samples_per_s": round(rates[32]["sklearn"], 1),
-        "ratio_vs_keras_fit": round(rates[32]["mlpipe"] / rates[32]["keras_fit"], 3),
-        "ratio_vs_sklearn": round(rates[32]["mlpipe"] / rates[32]["sklearn"], 3),
-        "sgemm_gflops": round(gflops, 1),
-        "sgemm_fraction_bs2048": round(6 * params * rates[2048]["mlpipe"] / 1e9 / gflops, 3),
-        "digits_valid_accuracy": {"epochs": digits_epochs, "seeds": list(seeds), **digits},
-        "noop_repro_s": None,
-        "e2e_repro_s": None,
-        "plain_script_s": None,
-        "e2e_over_plain": None,
-        "peak_rss_gb_2m_rows": None,
-    }
+    results["digits_valid_accuracy"] = {"epochs": digits_epochs, "seeds": list(seeds), **digits}
     if not args.quick:
-        results.update(pipeline_seconds())
+        results.update(pipeline_seconds(pairs))
         results["peak_rss_gb_2m_rows"] = round(peak_rss_gb(2_000_000), 2)
     from mlpipe.util import files
 

@@ -17,18 +17,25 @@ def test_quick_benchmark_writes_results(tmp_path):
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "results.json").read_text())
-    for key in (
-        "mlpipe_samples_per_s",
-        "keras_fit_samples_per_s",
-        "sklearn_samples_per_s",
-        "ratio_vs_keras_fit",
-        "ratio_vs_sklearn",
+    ratios = results["ratios"]
+    assert set(ratios) == {
+        "mlpipe_over_keras_fit_32",
+        "mlpipe_over_keras_fit_256",
+        "mlpipe_over_keras_fit_2048",
+        "mlpipe_over_sklearn_32",
+        "mlpipe_over_sklearn_256",
         "sgemm_fraction_bs2048",
-    ):
-        assert isinstance(results[key], float) and results[key] > 0, key
-    assert results["ratio_vs_keras_fit"] == round(
-        results["mlpipe_samples_per_s"] / results["keras_fit_samples_per_s"], 3
-    )
+    }
+    for name, figure in ratios.items():
+        runs = figure["runs"]
+        assert len(runs) == 2 and all(r > 0 for r in runs), name  # --quick: two pairs
+        assert figure["min"] == min(runs) and figure["max"] == max(runs), name
+        assert figure["median"] == pytest.approx(sum(runs) / 2, abs=2e-3), name
+    # each pair's ratio is that pair's own two rates, not a ratio of medians
+    speeds = results["samples_per_s"]["32"]
+    mlpipe, keras = speeds["mlpipe"]["runs"], speeds["keras_fit"]["runs"]
+    per_pair = [m / k for m, k in zip(mlpipe, keras, strict=True)]
+    assert ratios["mlpipe_over_keras_fit_32"]["runs"] == pytest.approx(per_pair, rel=1e-2)
     assert results["trainable_params"] == 64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
     assert "| 32 |" in (tmp_path / "results.md").read_text()
     digits = results["digits_valid_accuracy"]
