@@ -54,7 +54,7 @@ readme-results: venv ## rewrite the README's results section from metrics/
 	$(BIN)/mlpipe readme-results
 
 test: venv lint ## lint, then run the whole test suite (what CI runs)
-	$(BIN)/python -m pytest -n auto
+	$(BIN)/python -m pytest -n auto --durations=15
 
 test-fast: venv ## the tests not marked slow (no stage subprocesses, no long training)
 	$(BIN)/python -m pytest -n auto -m "not slow"
