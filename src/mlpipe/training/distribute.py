@@ -121,9 +121,13 @@ class Cluster:
         if self.workers == 1 or self.strategy is None:
             return True
         strategy = self.strategy
-        mine = strategy.run(lambda: tf.constant([value], tf.int64))
-        everyone = strategy.gather(mine, axis=0).numpy()
-        return bool(everyone.min() == everyone.max())
+
+        @tf.function
+        def everyone() -> tf.Tensor:
+            return strategy.gather(strategy.run(lambda: tf.constant([value], tf.int64)), axis=0)
+
+        values = everyone().numpy()
+        return bool(values.min() == values.max())
 
     def finish(self) -> None:
         """Wait for the workers this process started, if any."""
@@ -150,15 +154,16 @@ def setup(cfg: DistributeParams, argv: Sequence[str] | None = None) -> Cluster:
         strategy = tf.distribute.MirroredStrategy(_mirrored_devices(cfg.cpu_devices))
         cluster = Cluster(strategy, "mirrored")
     else:
-        keras_patch.apply()
-        local = _start_local_workers(cfg.local_workers, argv or sys.argv)
-        if "TF_CONFIG" not in os.environ:
+        keras_patch.check()
+        if "TF_CONFIG" not in os.environ and not cfg.local_workers:
             raise DistributeError(
                 "train.distribute.strategy multi_worker: no TF_CONFIG in the environment; set "
                 "train.distribute.local_workers to 2 or more to start workers on this machine, "
                 "or launch the stage on each worker with its TF_CONFIG (README: Distributed "
                 "training)"
             )
+        local = _start_local_workers(cfg.local_workers, argv or sys.argv)
+        keras_patch.apply()
         try:
             strategy = tf.distribute.MultiWorkerMirroredStrategy()
             resolver = strategy.cluster_resolver
@@ -174,6 +179,8 @@ def setup(cfg: DistributeParams, argv: Sequence[str] | None = None) -> Cluster:
         workers = sum(len(spec.get(kind, ())) for kind in ("chief", "worker"))
         cluster = Cluster(strategy, "multi_worker", task, workers, local)
     log.info("%s", cluster.describe())
+    if not cluster.chief:
+        log.setLevel(logging.WARNING)  # the chief logs the run; the others only what goes wrong
     return cluster
 
 
@@ -223,8 +230,13 @@ def _start_local_workers(count: int, argv: Sequence[str]) -> LocalWorkers | None
     for index in range(1, count):
         env = {**os.environ, "TF_CONFIG": tf_config(index), LOCAL_CHIEF_ENV: str(os.getpid())}
         local.processes.append(subprocess.Popen([sys.executable, *argv], env=env))
+        log.info(
+            "started local worker %d, pid %d, on %s",
+            index,
+            local.processes[-1].pid,
+            addresses[index],
+        )
     os.environ["TF_CONFIG"] = tf_config(0)
-    log.info("started %d local worker(s) on %s", count - 1, ", ".join(addresses[1:]))
     local.watch()
     return local
 
@@ -249,12 +261,28 @@ def _exit_with(chief_pid: int) -> None:
     threading.Thread(target=watch, name="chief-watch", daemon=True).start()
 
 
+# What a collective op raises when a peer is gone.
+PEER_LOST = (
+    tf.errors.UnavailableError,
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
+    tf.errors.DeadlineExceededError,
+)
+
+
 @contextlib.contextmanager
 def stopping_workers_on_error(cluster: Cluster) -> Iterator[None]:
-    """Stop the local workers if the chief fails: they cannot go on without it."""
+    """Stop the local workers if this process fails, as they cannot go on without it; a peer
+    lost mid-training is a DistributeError that says how to resume."""
     try:
         yield
-    except BaseException:
+    except BaseException as err:
         if cluster.local is not None:
             cluster.local.stop()
+        if cluster.workers > 1 and isinstance(err, PEER_LOST):
+            reason = str(err.message).splitlines()[0] if err.message else type(err).__name__
+            raise DistributeError(
+                f"{cluster.task}: another worker stopped while training ({reason}); every worker "
+                "must be restarted. Rerun to resume from the last epoch all workers backed up"
+            ) from None
         raise
