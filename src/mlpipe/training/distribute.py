@@ -30,6 +30,7 @@ log = logging.getLogger("mlpipe.train")
 # Set in the workers that `local_workers` starts: the process id of the chief that started them.
 LOCAL_CHIEF_ENV = "MLPIPE_LOCAL_CHIEF"
 POLL_SECONDS = 0.2
+GRACE_SECONDS = 5.0
 
 
 class DistributeError(MlpipeError):
@@ -52,6 +53,9 @@ class LocalWorkers:
             for index, process in enumerate(self.processes, start=1):
                 code = process.poll()
                 if code not in (None, 0):
+                    # A failure every worker meets (a diverged loss) is this process's to
+                    # report, once its own error reaches the stage; a lone dead worker is not.
+                    time.sleep(GRACE_SECONDS)
                     self.stop()
                     print(
                         f"error: local worker {index} (pid {process.pid}) exited with code "
