@@ -23,6 +23,7 @@ from mlpipe.params import DistributeParams
 from mlpipe.schema import read_schema, read_splits
 from mlpipe.training import distribute, fit, keras_patch, lr_find
 from mlpipe.training.batches import ShuffledBatches
+from mlpipe.training.resume import ResumableBackup
 from mlpipe.util import runtime
 
 EPOCHS = 4
@@ -92,6 +93,38 @@ def test_keras_patch_targets_are_still_there():
         "data_batch",
     ]
     assert callable(trainer._collective_all_reduce_multi_worker)
+
+
+def test_workers_whose_backups_disagree_start_over(digits, tmp_path, monkeypatch, caplog):
+    splits, schema = digits
+    params = tiny_params(train={"epochs": 2})
+    dirs = fit.RunDirs.inside(tmp_path)
+
+    def train(cluster=None) -> dict:
+        runtime.seed_everything(params.seed)
+        built = models.build_model(params.model, schema, splits["train"])
+        rate = params.train.optimizer.learning_rate
+        args = (built, params.train, splits, schema, dirs)
+        return fit.train(*args, seed=params.seed, learning_rate=rate, cluster=cluster)[1]
+
+    save = ResumableBackup._save_model
+
+    def save_then_stop(self):
+        save(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ResumableBackup, "_save_model", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train()  # leaves the backup of epoch 1
+    monkeypatch.undo()
+    assert json.loads((dirs.backup / "mlpipe_state.json").read_text())["epoch"] == 1
+
+    class Disagreeing(distribute.Cluster):
+        def agree(self, value: int) -> bool:
+            return False  # another worker backed up another epoch
+
+    assert train(Disagreeing())["resumed_from_epoch"] == 0
+    assert "every worker starts over" in caplog.text
 
 
 # Two workers on loopback
