@@ -14,6 +14,9 @@ Writes: <model> (model folder of the best epoch), <metrics> (epochs run, best ep
         succeeds. While it runs, a backup beside <model> and the curves so far beside <dvclive>
         and the TensorBoard run (each `.<name>.backup/`) let a killed run resume; they become
         the outputs, or are removed, when training completes.
+Under train.distribute, every worker runs this script (`local_workers`: the chief starts the
+others); only the chief writes outputs, curves and logs, and each worker keeps its own backup.
+
 Params: seed, train.
 """
 
@@ -43,21 +46,25 @@ def main() -> None:
     args = parser.parse_args()
     run_name = os.environ.get("DVC_EXP_NAME") or "workspace"
     tensorboard = args.tensorboard / run_name
-    stage.outputs(args.model, args.metrics, args.dvclive, tensorboard)
     params = load_params()
     # The number to train at, `auto` or not; the params stay as written.
     learning_rate = lr_find.read_learning_rate(args.learning_rate, params.train.optimizer)
 
     from mlpipe.modeling import models
-    from mlpipe.training import fit
+    from mlpipe.training import distribute, fit
     from mlpipe.util import runtime
 
+    # Before TensorFlow starts: thread pools and logical devices are fixed then
     runtime.set_op_threads(runtime.op_threads(params.train.op_threads, params.train.batch_size))
+    cluster = distribute.setup(params.train.distribute)
+    if cluster.chief:
+        stage.outputs(args.model, args.metrics, args.dvclive, tensorboard)
 
     # Inputs: the untrained model, seeded first (loading draws the seeds of its random layers)
     schema = read_schema(args.prepared)
     runtime.seed_everything(params.seed)
-    untrained = models.load_model_folder(args.untrained)
+    with cluster.scope():
+        untrained = models.load_model_folder(args.untrained)
 
     # Train. The checkpoint, the backup and the curves so far live beside the outputs, which
     # keep the last successful run's until this one succeeds; an interrupted run resumes.
@@ -69,17 +76,22 @@ def main() -> None:
     )
     inputs = sorted(p for p in args.untrained.rglob("*") if p.is_file())
     inputs += [args.prepared / f"{name}.parquet" for name in SPLITS]
-    model, summary = fit.train(
-        untrained,
-        params.train,
-        # Not kept here, so that train frees the tables once it has their features.
-        read_splits(args.prepared, SPLITS),
-        schema,
-        dirs,
-        seed=params.seed,
-        learning_rate=learning_rate,
-        input_files=inputs,
-    )
+    with distribute.stopping_workers_on_error(cluster):
+        model, summary = fit.train(
+            untrained,
+            params.train,
+            # Not kept here, so that train frees the tables once it has their features.
+            read_splits(args.prepared, SPLITS),
+            schema,
+            dirs,
+            seed=params.seed,
+            learning_rate=learning_rate,
+            input_files=inputs,
+            cluster=cluster,
+        )
+        cluster.finish()
+    if not cluster.chief:
+        return
 
     # Write, then put every output in place
     outputs = files.atomic_paths(args.model, args.metrics, folders=[args.model])

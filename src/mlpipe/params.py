@@ -267,6 +267,45 @@ def _check_monitor(value: str) -> str:
     return value
 
 
+class DistributeParams(Section):
+    """Data-parallel training on tf.distribute; README "Distributed training"."""
+
+    strategy: Literal["none", "mirrored", "multi_worker"] = Field(
+        "none",
+        description="none: one process, one device; mirrored: MirroredStrategy over the local "
+        "GPUs (or cpu_devices); multi_worker: MultiWorkerMirroredStrategy over the workers "
+        "that TF_CONFIG names (or local_workers).",
+    )
+    cpu_devices: int = Field(
+        0,
+        ge=0,
+        description="mirrored on a machine without GPUs: replicas on this many logical CPU "
+        "devices; 0: the GPUs.",
+    )
+    local_workers: int = Field(
+        0,
+        ge=0,
+        description="multi_worker: start this many workers on this machine (loopback ports); "
+        "0: join the cluster TF_CONFIG describes.",
+    )
+
+    @model_validator(mode="after")
+    def _applies(self) -> DistributeParams:
+        if self.cpu_devices and self.strategy != "mirrored":
+            raise ValueError(
+                f"cpu_devices: {self.cpu_devices} applies to strategy mirrored; set it to 0 or "
+                "strategy to mirrored"
+            )
+        if self.local_workers and self.strategy != "multi_worker":
+            raise ValueError(
+                f"local_workers: {self.local_workers} applies to strategy multi_worker; set it "
+                "to 0 or strategy to multi_worker"
+            )
+        if self.local_workers == 1:
+            raise ValueError("local_workers: 1 is one process; use 2 or more, or strategy none")
+        return self
+
+
 class TrainParams(Section):
     epochs: int = Field(100, gt=0)
     batch_size: int = Field(32, gt=0)
@@ -294,6 +333,7 @@ class TrainParams(Section):
     optimizer: OptimizerParams = OptimizerParams()
     lr_schedule: LRScheduleParams = LRScheduleParams()
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
+    distribute: DistributeParams = DistributeParams()
 
 
 class LRFindParams(Section):

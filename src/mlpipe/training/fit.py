@@ -33,6 +33,7 @@ from mlpipe.training.callbacks import (
     TrainingDiverged,
     TrainingSignals,
 )
+from mlpipe.training.distribute import Cluster
 from mlpipe.training.resume import ResumableBackup
 from mlpipe.util import files
 
@@ -57,6 +58,21 @@ class RunDirs:
         """All of them in `folder`, for a run whose logs nobody keeps (tests, examples)."""
         return cls(folder / "best.weights.h5", folder / "tb", folder / "live", folder / "backup")
 
+    def of_worker(self, task: str) -> RunDirs:
+        """A worker's own paths beside the chief's (`.model.backup` -> `.model.worker-1.backup`):
+        each needs its own backup; it writes neither curves nor TensorBoard logs."""
+
+        def beside(path: Path, *suffixes: str) -> Path:
+            suffix = next((s for s in suffixes if path.name.endswith(s)), "")
+            return path.with_name(f"{path.name.removesuffix(suffix)}.{task}{suffix}")
+
+        return RunDirs(
+            beside(self.checkpoint, ".checkpoint.weights.h5", ".weights.h5"),
+            beside(self.tensorboard, ".backup"),
+            beside(self.dvclive, ".backup"),
+            beside(self.backup, ".backup"),
+        )
+
 
 def train(
     model: keras.Model,
@@ -68,6 +84,7 @@ def train(
     seed: int,
     learning_rate: float,
     input_files: Sequence[Path] = (),
+    cluster: Cluster | None = None,
 ) -> tuple[keras.Model, dict]:
     """Train the network of `model` (made by the build stage) by `cfg` (the train section) on
     splits["train"], validating on splits["valid"], at `learning_rate` (where
@@ -78,7 +95,13 @@ def train(
     an interrupted run of the same params, rate and `input_files` is resumed. Returns the model
     of the best epoch, preprocessing included and not compiled, and the run summary for
     metrics/train.json.
+
+    Under a `cluster` strategy, `model` must have been loaded in its scope; a worker other than
+    the chief trains in step with it, on its own paths (RunDirs.of_worker).
     """
+    cluster = cluster or Cluster()
+    if not cluster.chief:
+        dirs = dirs.of_worker(cluster.task)
     preprocessor, network = models.split_model(model)
     outputs = models.output_names(network)
     losses.check_monitor(cfg, schema, outputs)
@@ -92,11 +115,14 @@ def train(
     class_weight = losses.class_weights(cfg, schema, xy["train"][1])
     steps_per_epoch = steps(len(xy["train"][1]), cfg.batch_size)
     xy = losses.label_outputs(xy, outputs)
-    compile_model(network, cfg, schema, learning_rate, steps_per_epoch)
+    with cluster.scope():
+        compile_model(network, cfg, schema, learning_rate, steps_per_epoch, cluster.strategy)
 
     key = fingerprint(cfg, seed, learning_rate, input_files)
     try:
-        summary = fit_network(network, cfg, xy, dirs, seed, key, sample_weight, class_weight)
+        summary = fit_network(
+            network, cfg, xy, dirs, seed, key, sample_weight, class_weight, cluster
+        )
     except TrainingDiverged:
         # Nothing of a diverged run is worth resuming, or showing.
         for folder in (dirs.backup, dirs.dvclive, dirs.tensorboard):
@@ -138,9 +164,11 @@ def compile_model(
     schema: Schema,
     learning_rate: float,
     steps_per_epoch: int,
+    strategy: object = None,
 ) -> None:
     """The optimizer at `learning_rate` under train.lr_schedule, and a loss and metric set per
-    output (`losses.output_losses`)."""
+    output (`losses.output_losses`). Under a tf.distribute `strategy`, one batch per call:
+    Keras fails on more there (keras-team/keras#19246)."""
     outputs = models.output_names(model)
     loss, loss_weights = losses.output_losses(train.loss_weights, schema, outputs)
     metrics = losses.loss_and_metrics(schema)[1]
@@ -152,7 +180,7 @@ def compile_model(
         loss=loss,
         loss_weights=loss_weights,
         metrics=metrics,
-        steps_per_execution=steps_per_execution(train, steps_per_epoch),
+        steps_per_execution=1 if strategy else steps_per_execution(train, steps_per_epoch),
     )
 
 
@@ -173,14 +201,16 @@ def fit_network(
     fingerprint: str,
     sample_weight: np.ndarray | None = None,
     class_weight: dict[int, float] | None = None,
+    cluster: Cluster | None = None,
 ) -> dict:
     """Fit on data["train"], validate on data["valid"]; the best epoch's weights end up at
     dirs.checkpoint (a `.weights.h5` file).
 
     The model must be compiled (compile_model). A backup in dirs.backup written by an
     interrupted run with the same `fingerprint` is resumed. Returns the run summary for
-    metrics/train.json.
+    metrics/train.json. Only the chief of a `cluster` writes DVCLive and TensorBoard logs.
     """
+    cluster = cluster or Cluster()
     x_train, y_train = data["train"]
     early_stopping = keras.callbacks.EarlyStopping(
         monitor=train.monitor,
@@ -193,32 +223,21 @@ def fit_network(
     schedules = optimizers.schedule_callbacks(train)
     backup = ResumableBackup(dirs.backup, fingerprint, [early_stopping, checkpoint, *schedules])
     first_epoch = backup.resume_epoch()
+    if not cluster.agree(first_epoch):
+        log.warning("the workers' backups are of different epochs: every worker starts over")
+        first_epoch = backup.start_over()
     arrays = (x_train, y_train) if sample_weight is None else (x_train, y_train, sample_weight)
     batches = ShuffledBatches(
         arrays, train.batch_size, seed, first_epoch, train.epochs, model.steps_per_execution
     )
+    batches.dataset = cluster.shardable(batches.dataset)
     files.clean_stale(dirs.checkpoint)
     if first_epoch == 0:
-        shutil.rmtree(dirs.tensorboard, ignore_errors=True)
-        shutil.rmtree(dirs.dvclive, ignore_errors=True)
         dirs.checkpoint.unlink(missing_ok=True)
-    else:
-        trim_dvclive(dirs.dvclive, first_epoch)
-    live = Live(
-        dir=str(dirs.dvclive), resume=first_epoch > 0, save_dvc_exp=False, dvcyaml=None, report=None
-    )
-    live.step = first_epoch
-    callbacks = [
-        DivergenceGuard(),
-        TrainingSignals(),
-        *schedules,
-        checkpoint,
-        early_stopping,
-        keras.callbacks.TensorBoard(log_dir=str(dirs.tensorboard)),
-        DVCLiveCallback(live=live),
-        EpochLogger(train.epochs),
-        backup,  # last: it saves the others' state after they have updated it
-    ]
+    callbacks = [DivergenceGuard(), TrainingSignals(), *schedules, checkpoint, early_stopping]
+    if cluster.chief:
+        callbacks += chief_loggers(dirs, first_epoch, train.epochs)
+    callbacks.append(backup)  # last: it saves the others' state after they have updated it
     start = time.perf_counter()
     history = batches.fit(
         model, callbacks, class_weight=class_weight, validation_data=data["valid"]
@@ -233,6 +252,24 @@ def fit_network(
         "monitor": train.monitor,
         "best_monitor_value": round(float(early_stopping.best), 6),
     }
+
+
+def chief_loggers(dirs: RunDirs, first_epoch: int, epochs: int) -> list[keras.callbacks.Callback]:
+    """TensorBoard, DVCLive and the log line, continued from `first_epoch`."""
+    if first_epoch == 0:
+        shutil.rmtree(dirs.tensorboard, ignore_errors=True)
+        shutil.rmtree(dirs.dvclive, ignore_errors=True)
+    else:
+        trim_dvclive(dirs.dvclive, first_epoch)
+    live = Live(
+        dir=str(dirs.dvclive), resume=first_epoch > 0, save_dvc_exp=False, dvcyaml=None, report=None
+    )
+    live.step = first_epoch
+    return [
+        keras.callbacks.TensorBoard(log_dir=str(dirs.tensorboard)),
+        DVCLiveCallback(live=live),
+        EpochLogger(epochs),
+    ]
 
 
 def fingerprint(

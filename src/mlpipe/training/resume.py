@@ -57,6 +57,12 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         log.info("resuming from the backup in %s after epoch %d", self.dir, self._resumed["epoch"])
         return self._resumed["epoch"]
 
+    def start_over(self) -> int:
+        """Discard the backup that resume_epoch() found; the epoch to start from: 0."""
+        self._resumed = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return 0
+
     def _read_state(self) -> dict | None:
         """The saved state, if it matches this run and a complete weights backup of its epoch.
 
