@@ -41,14 +41,24 @@ from mlpipe.schema import encode_target  # noqa: E402
 CALIFORNIA = ROOT / "data/raw/california_housing.csv"
 RECIPE = yaml.safe_load((ROOT / "examples/tabular.yaml").read_text())
 
-# Each piece of the recipe on its own, on top of the default MLP.
+# The ablation: `base` is the default MLP trained and sized as in the recipe (its train
+# section, hidden units and dropout), and each piece of the recipe is added to it alone.
+BASE: dict[str, Any] = {
+    "model": {k: RECIPE["model"][k] for k in ("hidden_units", "dropout")},
+    "train": RECIPE["train"],
+}
 PIECES: dict[str, dict[str, Any]] = {
-    "robust": {"model": {"numeric_encoding": "robust"}},
-    "periodic": {"model": {"numeric_encoding": "periodic"}},
-    "embedding": {"model": {"categorical_encoding": "embedding"}},
-    "ensemble": {"model": {"ensemble_size": 8}},
-    "std_target": {"model": {"standardize_target": True}},
-    "recipe_train": {"train": RECIPE.get("train", {})},
+    "base": BASE,
+    **{
+        f"base+{name}": {"model": {**BASE["model"], **piece}, "train": BASE["train"]}
+        for name, piece in {
+            "robust": {"numeric_encoding": "robust"},
+            "periodic": {"numeric_encoding": "periodic"},
+            "embedding": {"categorical_encoding": "embedding"},
+            "ensemble": {"ensemble_size": RECIPE["model"]["ensemble_size"]},
+            "std_target": {"standardize_target": True},
+        }.items()
+    },
 }
 MLPIPE_MODELS = {"default": {}, "recipe": RECIPE, **PIECES}
 OTHER_MODELS = ("sklearn_mlp", "hgb")

@@ -153,11 +153,13 @@ def test_val_auc_is_monitored_upwards_for_two_classes_only():
 
 
 @pytest.mark.slow
-def test_tabular_model_trains_on_auc_and_exports_for_plain_keras(tmp_path):
+def test_tabular_model_trains_on_auc_and_exports_for_plain_keras_and_onnx(tmp_path):
     frame = mixed(n=120, task="classification")
     schema = schema_of(frame, "classification")
     splits = {"train": frame.iloc[:80], "valid": frame.iloc[80:100], "test": frame.iloc[100:]}
-    params = tiny_params(model=TABULAR, train={"monitor": "val_auc", "epochs": 3})
+    params = tiny_params(
+        model=TABULAR, train={"monitor": "val_auc", "epochs": 3}, export={"onnx": True}
+    )
     runtime.seed_everything(params.seed)
     model = models.build_model(params.model, schema, splits["train"])
     best, summary = fit.train(
