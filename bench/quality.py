@@ -135,7 +135,7 @@ def run_mlpipe(splits, schema, seed: int, preset: dict) -> tuple[dict, float, in
     scores = {}
     for split in ("valid", "test"):
         inputs = features.model_inputs(splits[split], schema)
-        raw = features.predict(best, inputs, 1024)
+        raw = np.asarray(features.predict(best, inputs, 1024))
         y = encode_target(splits[split][schema.target], schema)
         scores[split] = metrics.score(schema, y, raw)[metric_of(schema.task)]
     trainable = sum(int(np.prod(w.shape)) for w in best.trainable_weights)

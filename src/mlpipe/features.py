@@ -254,12 +254,14 @@ def encode(
             if len(numeric) > 1
             else inputs[numeric[0].input]
         )
+        names = [f.name for f in numeric]
         if numeric_encoding == "standardize":
-            stats = numeric_stats(train, [f.name for f in numeric])
-            parts.append(impute_standardize(joined, **stats, clip=clip))
+            stats, smooth = numeric_stats(train, names), None
         else:
-            stats = robust_stats(train, [f.name for f in numeric])
-            parts.append(impute_standardize(joined, **stats, clip=None, smooth_clip=SMOOTH_CLIP))
+            stats, clip, smooth = robust_stats(train, names), None, SMOOTH_CLIP
+        parts.append(
+            impute_standardize(joined, stats["median"], stats["mean"], stats["std"], clip, smooth)
+        )
     for feature in features:
         if feature.kind != "categorical":
             continue
