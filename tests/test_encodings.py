@@ -96,6 +96,8 @@ def test_embeddings_give_unseen_and_missing_their_own_slots():
     assert core.get_layer("embedding_1").input_dim == 5
     assert core.get_layer("embedding_1").output_dim == 4
     assert [encodings.embedding_width(n) for n in (2, 5, 100, 10**6)] == [2, 4, 21, 50]
+    summary = models.summary_text(model)
+    assert "core/embedding_1" in summary and "core/periodic_linear" in summary
 
 
 def test_periodic_embedding_has_per_feature_frequencies_and_linear_maps():
