@@ -55,7 +55,7 @@ PIECES: dict[str, dict[str, Any]] = {
             "robust": {"numeric_encoding": "robust"},
             "periodic": {"numeric_encoding": "periodic"},
             "embedding": {"categorical_encoding": "embedding"},
-            "ensemble": {"ensemble_size": RECIPE["model"]["ensemble_size"]},
+            "ensemble": {"ensemble_size": 8},
             "std_target": {"standardize_target": True},
         }.items()
     },
