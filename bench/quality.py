@@ -156,7 +156,9 @@ def run_sklearn(splits, schema, seed: int, which: str) -> tuple[dict, float, int
         pipeline = baselines.baseline_pipelines(train_x, schema.task)["gradient_boosting"]
     else:
         mlp = MLPRegressor if schema.task == "regression" else MLPClassifier
-        net = mlp((300, 100), early_stopping=True, random_state=seed, max_iter=500)
+        net = mlp(
+            hidden_layer_sizes=(300, 100), early_stopping=True, random_state=seed, max_iter=500
+        )
         pipeline = Pipeline([("prepare", baselines.preprocessor(train_x)), ("model", net)])
     start = time.perf_counter()
     with threadpool_limits(limits=1):
