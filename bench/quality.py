@@ -47,17 +47,18 @@ BASE: dict[str, Any] = {
     "model": {k: RECIPE["model"][k] for k in ("hidden_units", "dropout")},
     "train": RECIPE["train"],
 }
+ADDED: dict[str, dict[str, Any]] = {
+    "robust": {"numeric_encoding": "robust"},
+    "periodic": {"numeric_encoding": "periodic"},
+    "embedding": {"categorical_encoding": "embedding"},
+    "ensemble": {"ensemble_size": 8},
+    "std_target": {"standardize_target": True},
+}
 PIECES: dict[str, dict[str, Any]] = {
     "base": BASE,
     **{
         f"base+{name}": {"model": {**BASE["model"], **piece}, "train": BASE["train"]}
-        for name, piece in {
-            "robust": {"numeric_encoding": "robust"},
-            "periodic": {"numeric_encoding": "periodic"},
-            "embedding": {"categorical_encoding": "embedding"},
-            "ensemble": {"ensemble_size": 8},
-            "std_target": {"standardize_target": True},
-        }.items()
+        for name, piece in ADDED.items()
     },
 }
 MLPIPE_MODELS = {"default": {}, "recipe": RECIPE, **PIECES}
