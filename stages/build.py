@@ -3,7 +3,10 @@ in the Keras API of `model.api` (Sequential, Functional Wide & Deep, or the subc
 
 The model takes raw named columns. Numeric ones are imputed with training medians, standardized
 and clipped; categorical ones are one-hot encoded, with a bucket for values unseen in training.
-A Wide & Deep network gets one such encoding per path.
+A Wide & Deep network gets one such encoding per path. model.numeric_encoding robust or
+periodic scales by median and quartiles with smooth clipping instead, and
+model.categorical_encoding embedding passes each category as an index to the network's
+embeddings (src/mlpipe/modeling/encodings.py).
 
 Reads:  <prepared>/train.parquet, <prepared>/schema.json.
 Writes: <model> (a model folder: model.keras, or for the subclass preprocess.keras,

@@ -133,9 +133,9 @@ def test_learning_rate_is_a_positive_number_or_auto():
     [
         (
             {"train": {"monitor": "val_f1"}},
-            "`train.monitor`: not a value Keras reports; choose val_loss, val_accuracy "
-            "(classification), val_rmse or val_mae (regression); with model.aux_output, also per "
-            "output: val_main_loss,",
+            "`train.monitor`: not a value Keras reports; choose val_loss, val_accuracy or "
+            "val_auc (classification), val_rmse or val_mae (regression); with model.aux_output, "
+            "also per output: val_main_loss,",
         ),
         (
             {"train": {"epochs": True}},

@@ -22,6 +22,8 @@ from mlpipe.util.tables import DataError, to_categories, to_numeric
 PREPROCESS = "preprocess"
 # Rows per call when preprocessing whole splits: large, since it is one cheap pass.
 TRANSFORM_BATCH = 8192
+# Robust scaling's smooth clipping bound (RealMLP's 3).
+SMOOTH_CLIP = 3.0
 
 
 # Rows to model inputs
@@ -112,8 +114,11 @@ def impute_standardize(
     mean: list[float],
     std: list[float],
     clip: float | None,
+    smooth_clip: float | None = None,
 ) -> keras.KerasTensor:
-    """Missing values (NaN) become the training median; then (x - mean) / std, clipped.
+    """Missing values (NaN) become the training median; then (x - mean) / std, clipped; with
+    `smooth_clip` s, then x / sqrt(1 + (x / s)^2) (RealMLP's smooth clipping: about x near 0,
+    never beyond +/- s).
 
     Keras operations applied in the functional graph, not a layer of this project: a saved
     model records them as Keras's own, so it loads with plain Keras, without mlpipe.
@@ -125,6 +130,8 @@ def impute_standardize(
     x = ops.divide(ops.subtract(x, np.asarray(mean, dtype=np.float32)), np.asarray(std, np.float32))
     if clip is not None:
         x = ops.clip(x, -clip, clip)
+    if smooth_clip is not None:
+        x = ops.divide(x, ops.sqrt(ops.add(ops.square(ops.divide(x, smooth_clip)), 1.0)))
     return x
 
 
@@ -142,6 +149,10 @@ def h5_custom_objects() -> dict[str, type]:
             operations.Subtract,
             operations.Divide,
             operations.Clip,
+            operations.Sqrt,
+            operations.Square,
+            operations.Add,
+            operations.Cast,
         )
     }
 
@@ -163,6 +174,24 @@ def numeric_stats(train: pd.DataFrame, names: list[str]) -> dict[str, list[float
     return stats
 
 
+def robust_stats(train: pd.DataFrame, names: list[str]) -> dict[str, list[float]]:
+    """`numeric_stats` for robust scaling (RealMLP): centred on the median, scaled by the
+    interquartile range; (max - min) / 2 where that is 0, and 1 for a constant column."""
+    stats: dict[str, list[float]] = {"median": [], "mean": [], "std": []}
+    for name in names:
+        x = to_numeric(train[name], "train split").astype(np.float64)
+        present = x[~np.isnan(x)]
+        if not len(present):
+            present = np.zeros(1)
+        median = float(np.median(present))
+        q25, q75 = np.quantile(present, [0.25, 0.75])
+        scale = float(q75 - q25) or float(present.max() - present.min()) / 2 or 1.0
+        stats["median"].append(median)
+        stats["mean"].append(median)
+        stats["std"].append(scale)
+    return stats
+
+
 def vocabulary(train: pd.DataFrame, name: str) -> list[str]:
     """Categories seen in training, most frequent first (ties by text), missing ("") included
     when it occurs, since missingness itself can carry signal."""
@@ -180,16 +209,24 @@ def build_preprocessor(
     train: pd.DataFrame,
     clip: float | None,
     paths: dict[str, list[str]] | None = None,
+    numeric: str = "standardize",
+    categorical: str = "one_hot",
 ) -> keras.Model:
     """A model from the named raw inputs to one float32 matrix: numeric columns imputed,
     standardized and clipped, categorical columns one-hot encoded with a bucket for unseen
     values.
 
+    `numeric` "robust" (or "periodic", whose learned part is in the network) scales by the
+    median and interquartile range and clips smoothly instead; `categorical` "embedding" gives
+    each categorical column as one number, its index (0 unseen, then the vocabulary, missing
+    always included), for the network's embeddings. Numeric columns come first.
+
     With `paths` ({"wide": [columns], "deep": [columns]}) it outputs one matrix per path
     instead, each encoded by its own layers, prefixed with the path's name."""
     inputs = {f.input: input_layer(f) for f in schema.features}
     if paths is None:
-        return keras.Model(inputs, encode(schema.features, inputs, train, clip), name=PREPROCESS)
+        encoded = encode(schema.features, inputs, train, clip, "", numeric, categorical)
+        return keras.Model(inputs, encoded, name=PREPROCESS)
     outputs = {
         path: encode(
             [f for f in schema.features if f.name in names], inputs, train, clip, f"{path}_"
@@ -205,23 +242,42 @@ def encode(
     train: pd.DataFrame,
     clip: float | None,
     prefix: str = "",
+    numeric_encoding: str = "standardize",
+    categorical_encoding: str = "one_hot",
 ) -> keras.KerasTensor:
     """The encoding layers of `features`, learned on `train`, applied to their inputs."""
     numeric = [f for f in features if f.kind == "numeric"]
     parts = []
     if numeric:
-        stats = numeric_stats(train, [f.name for f in numeric])
         joined = (
             keras.layers.Concatenate(name=f"{prefix}numeric")([inputs[f.input] for f in numeric])
             if len(numeric) > 1
             else inputs[numeric[0].input]
         )
-        parts.append(impute_standardize(joined, **stats, clip=clip))
+        names = [f.name for f in numeric]
+        if numeric_encoding == "standardize":
+            stats, smooth = numeric_stats(train, names), None
+        else:
+            stats, clip, smooth = robust_stats(train, names), None, SMOOTH_CLIP
+        parts.append(
+            impute_standardize(joined, stats["median"], stats["mean"], stats["std"], clip, smooth)
+        )
     for feature in features:
         if feature.kind != "categorical":
             continue
+        words = vocabulary(train, feature.name)
+        if categorical_encoding == "embedding":
+            # Missing keeps its own slot even when training never saw it.
+            lookup = keras.layers.StringLookup(
+                vocabulary=words if "" in words else [*words, ""],
+                num_oov_indices=1,
+                output_mode="int",
+                name=f"{prefix}lookup_{feature.input}",
+            )
+            parts.append(ops.cast(lookup(inputs[feature.input]), "float32"))
+            continue
         lookup = keras.layers.StringLookup(
-            vocabulary=vocabulary(train, feature.name),
+            vocabulary=words,
             num_oov_indices=1,
             output_mode="one_hot",
             name=f"{prefix}lookup_{feature.input}",

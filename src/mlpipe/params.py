@@ -146,6 +146,15 @@ class DataParams(Section):
         return self
 
 
+class PeriodicParams(Section):
+    """PLR embeddings (Gorishniy et al. 2022): per numeric feature, `frequencies` learned
+    frequencies c ~ N(0, sigma), [sin(2 pi c x), cos(2 pi c x)], a linear map to `width`, ReLU."""
+
+    frequencies: int = Field(48, gt=0)
+    sigma: float = Field(0.1, gt=0)
+    width: int = Field(24, gt=0)
+
+
 class ModelParams(Section):
     api: Literal["sequential", "functional", "subclass"] = Field(
         "sequential",
@@ -188,6 +197,26 @@ class ModelParams(Section):
     residual_blocks: int = Field(
         0, ge=0, description="subclass: residual blocks after the hidden layers, looped in call()."
     )
+    numeric_encoding: Literal["standardize", "robust", "periodic"] = Field(
+        "standardize",
+        description="standardize: (x - mean) / std, clipped to clip_inputs; robust: (x - median) "
+        "/ quantile range, smoothly clipped (RealMLP); periodic: robust, then learned periodic "
+        "embeddings per feature (PLR).",
+    )
+    periodic: PeriodicParams = PeriodicParams()
+    categorical_encoding: Literal["one_hot", "embedding"] = Field(
+        "one_hot",
+        description="one_hot, or a learned embedding per column of min(50, round(1.6 * n ** "
+        "0.56)) numbers for n slots (categories, unseen, missing).",
+    )
+    ensemble_size: int = Field(
+        1, ge=1, description="Members of a TabM-style ensemble sharing the hidden layers."
+    )
+    standardize_target: bool = Field(
+        False,
+        description="regression: the network predicts (y - mean) / std of the training split; "
+        "a last layer maps back to y. No effect on classification.",
+    )
 
     @model_validator(mode="after")
     def _settings_of_the_api(self) -> ModelParams:
@@ -206,6 +235,21 @@ class ModelParams(Section):
                     f"{', '.join(used)} apply to api functional or subclass; a Sequential stack "
                     "has one input and one output. Set api, or reset them to null/false"
                 )
+        tabular = [
+            f"{name}: {value}"
+            for name, value, default in (
+                ("numeric_encoding", self.numeric_encoding, "standardize"),
+                ("categorical_encoding", self.categorical_encoding, "one_hot"),
+                ("ensemble_size", self.ensemble_size, 1),
+                ("standardize_target", self.standardize_target, False),
+            )
+            if value != default
+        ]
+        if tabular and self.api != "sequential":
+            raise ValueError(
+                f"{', '.join(tabular)} apply to api sequential; the Wide & Deep networks take "
+                "the standardized, one-hot encoded paths. Set api to sequential, or reset them"
+            )
         if self.residual_blocks and self.api != "subclass":
             raise ValueError(
                 f"residual_blocks: {self.residual_blocks} applies to api subclass, whose call() "
@@ -250,7 +294,7 @@ ClassWeight = Annotated[
 # What Keras logs on the validation split: the loss, and the metrics of the task; a model
 # with an auxiliary output logs each of them per output too. The train stage then checks the
 # name against the task.
-MONITOR_METRICS = {"classification": ("accuracy",), "regression": ("rmse", "mae")}
+MONITOR_METRICS = {"classification": ("accuracy", "auc"), "regression": ("rmse", "mae")}
 MONITOR_OUTPUTS = ("main", "aux")
 
 
@@ -260,8 +304,9 @@ def _check_monitor(value: str) -> str:
     per_output = [f"val_{out}_{m}" for out in MONITOR_OUTPUTS for m in metrics]
     if value not in plain + per_output:
         raise ValueError(
-            f"not a value Keras reports; choose val_loss, val_accuracy (classification), "
-            f"val_rmse or val_mae (regression); with model.aux_output, also per output: "
+            f"not a value Keras reports; choose val_loss, val_accuracy or val_auc "
+            f"(classification), val_rmse or val_mae (regression); with model.aux_output, also "
+            f"per output: "
             f"{', '.join(per_output)}"
         )
     return value

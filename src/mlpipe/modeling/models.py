@@ -17,6 +17,7 @@ import pandas as pd
 
 from mlpipe import MlpipeError
 from mlpipe.features import PREPROCESS, build_preprocessor
+from mlpipe.modeling.encodings import build_tabular_core
 from mlpipe.modeling.networks import (
     AUX,
     DEEP,
@@ -27,11 +28,13 @@ from mlpipe.modeling.networks import (
     output_spec,
 )
 from mlpipe.params import ModelParams
-from mlpipe.schema import Schema
+from mlpipe.schema import Schema, encode_target
 from mlpipe.util import files, reproducible
 from mlpipe.util.paths import CORE_CONFIG_FILE, CORE_WEIGHTS_FILE, KERAS_FILE, PREPROCESS_FILE
 
 CORE = "core"
+# The encodings and ensemble size of the plain Sequential MLP.
+PLAIN = ("standardize", "one_hot", 1)
 HIDDEN_SETTINGS = (
     "hidden_units",
     "activation",
@@ -52,11 +55,32 @@ def _hidden(cfg: ModelParams) -> list[keras.layers.Layer]:
     return hidden_layers(**cfg.model_dump(include=set(HIDDEN_SETTINGS)))
 
 
-def build_core(cfg: ModelParams, schema: Schema, n_features: int) -> keras.Model:
+def build_core(
+    cfg: ModelParams,
+    schema: Schema,
+    n_features: int,
+    rescale: keras.layers.Rescaling | None = None,
+) -> keras.Model:
     """Sequential API: the MLP on the preprocessed feature matrix."""
     layers = [keras.Input(shape=(n_features,), name="features"), *_hidden(cfg)]
     layers.append(output_layer(schema))
+    if rescale is not None:
+        layers.append(rescale)
     return keras.Sequential(layers, name=CORE)
+
+
+def target_rescaling(
+    cfg: ModelParams, schema: Schema, train: pd.DataFrame
+) -> keras.layers.Rescaling | None:
+    """With `model.standardize_target`, the layer after the output unit that maps the
+    standardized prediction back to the target: y = z * std + mean, from the training split.
+    The network then learns (y - mean) / std, whatever the target's unit. Classification is
+    left as it is."""
+    if not cfg.standardize_target or schema.task != "regression":
+        return None  # a class probability has no unit to take out
+    y = encode_target(train[schema.target], schema).astype(np.float64)
+    std = float(y.std()) or 1.0
+    return keras.layers.Rescaling(scale=std, offset=float(y.mean()), name="target")
 
 
 def build_functional_core(cfg: ModelParams, schema: Schema, widths: dict[str, int]) -> keras.Model:
@@ -122,8 +146,24 @@ def build_model(cfg: ModelParams, schema: Schema, train: pd.DataFrame) -> keras.
     The Sequential core reads one feature matrix; the other two read a wide and a deep one,
     each with its own imputation, standardization and encoding."""
     if cfg.api == "sequential":
-        preprocessor = build_preprocessor(schema, train, cfg.clip_inputs)
-        return compose(preprocessor, build_core(cfg, schema, preprocessor.output.shape[-1]))
+        preprocessor = build_preprocessor(
+            schema, train, cfg.clip_inputs, None, cfg.numeric_encoding, cfg.categorical_encoding
+        )
+        width = preprocessor.output.shape[-1]
+        rescale = target_rescaling(cfg, schema, train)
+        if (cfg.numeric_encoding, cfg.categorical_encoding, cfg.ensemble_size) == PLAIN:
+            core = build_core(cfg, schema, width, rescale)
+        else:
+            n_numeric = sum(f.kind == "numeric" for f in schema.features)
+            slots = None
+            if cfg.categorical_encoding == "embedding":
+                slots = [
+                    preprocessor.get_layer(f"lookup_{f.input}").vocabulary_size()
+                    for f in schema.features
+                    if f.kind == "categorical"
+                ]
+            core = build_tabular_core(cfg, schema, width, n_numeric, slots, rescale)
+        return compose(preprocessor, core)
     preprocessor = build_preprocessor(schema, train, cfg.clip_inputs, feature_paths(cfg, schema))
     if cfg.api == "functional":
         widths = {path: t.shape[-1] for path, t in preprocessor.output.items()}

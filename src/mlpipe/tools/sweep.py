@@ -105,7 +105,7 @@ def leaderboard(found: dict[str, Result], wanted: list[str], keys: list[str]) ->
             continue
         monitor = result.metrics[TRAIN_METRICS].get("monitor", "val_loss")
         ranked.append((float(value), name))
-    maximize = monitor is not None and "accuracy" in monitor
+    maximize = monitor is not None and ("accuracy" in monitor or monitor.endswith("auc"))
     ranked.sort(key=lambda item: (-item[0] if maximize else item[0], item[1]))
 
     test_key = _test_key(found[name] for name in wanted)

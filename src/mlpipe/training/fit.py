@@ -171,9 +171,9 @@ def compile_model(
     Keras fails on more there (keras-team/keras#19246)."""
     outputs = models.output_names(model)
     loss, loss_weights = losses.output_losses(train.loss_weights, schema, outputs)
-    metrics = losses.loss_and_metrics(schema)[1]
-    if len(outputs) > 1:
-        metrics = {name: losses.loss_and_metrics(schema)[1] for name in outputs}  # own objects
+    metrics = losses.loss_and_metrics(schema, train.monitor)[1]
+    if len(outputs) > 1:  # own objects per output
+        metrics = {name: losses.loss_and_metrics(schema, train.monitor)[1] for name in outputs}
     rate = optimizers.schedule(train, learning_rate, steps_per_epoch)
     model.compile(
         optimizer=optimizers.build_optimizer(train.optimizer, rate),

@@ -15,21 +15,27 @@ from mlpipe.params import TrainParams
 from mlpipe.schema import Schema
 
 
-def loss_and_metrics(schema: Schema) -> tuple[str, list]:
+def loss_and_metrics(schema: Schema, monitor: str = "val_loss") -> tuple[str, list]:
+    """The loss and the metrics Keras logs; ROC AUC (two classes) only when `monitor` asks for
+    it, since it costs a pass over thresholds at every batch."""
     if schema.task == "regression":
         return "mse", [
             keras.metrics.RootMeanSquaredError(name="rmse"),
             keras.metrics.MeanAbsoluteError(name="mae"),
         ]
     if schema.n_classes == 2:
-        return "binary_crossentropy", ["accuracy"]
+        auc = [keras.metrics.AUC(name="auc")] if monitor.endswith("_auc") else []
+        return "binary_crossentropy", ["accuracy", *auc]
     return "sparse_categorical_crossentropy", ["accuracy"]
 
 
 def monitor_choices(schema: Schema, outputs: list[str] | None = None) -> list[str]:
     """The validation values Keras logs: `val_loss` and `val_<metric>` for one output; for
-    several, `val_loss` (the weighted total) and `val_<output>_loss`, `val_<output>_<metric>`."""
+    several, `val_loss` (the weighted total) and `val_<output>_loss`, `val_<output>_<metric>`.
+    ROC AUC is there for two classes."""
     metrics = ["rmse", "mae"] if schema.task == "regression" else ["accuracy"]
+    if schema.task == "classification" and schema.n_classes == 2:
+        metrics.append("auc")
     if not outputs or len(outputs) == 1:
         return [f"val_{name}" for name in ["loss", *metrics]]
     return ["val_loss"] + [f"val_{out}_{name}" for out in outputs for name in ["loss", *metrics]]
@@ -50,7 +56,7 @@ def check_monitor(train: TrainParams, schema: Schema, outputs: list[str] | None 
 def monitor_mode(monitor: str) -> str:
     """Whether the monitored value should grow or shrink. Keras guesses this from the metric's
     name, and fails to for the per-output names (`val_main_rmse`)."""
-    return "max" if monitor.endswith("accuracy") else "min"
+    return "max" if monitor.endswith(("accuracy", "auc")) else "min"
 
 
 def check_loss_weights(loss_weights: dict[str, float] | None, outputs: list[str]) -> None:

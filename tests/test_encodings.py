@@ -1,0 +1,203 @@
+"""The tabular options of the model: robust scaling, periodic embeddings, categorical
+embeddings, the ensemble, the standardized target, and monitoring ROC AUC."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import tiny_params
+from mlpipe import dataset, features
+from mlpipe.modeling import encodings, models
+from mlpipe.params import DataParams, ModelParams, ParamsError, parse_params
+from mlpipe.schema import Schema
+from mlpipe.serving import export
+from mlpipe.training import fit, losses
+from mlpipe.util import files, runtime
+
+TABULAR = {
+    "numeric_encoding": "periodic",
+    "categorical_encoding": "embedding",
+    "ensemble_size": 3,
+    "periodic": {"frequencies": 4, "width": 3},
+    "hidden_units": [8],
+}
+
+
+def mixed(n=60, seed=0, task="regression"):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    city = rng.choice(["a", "b", "c"], size=n).astype(object)
+    city[:3] = None  # missing in training
+    y = x * 1000 + 5000 if task == "regression" else np.where(x > 0, "yes", "no")
+    return pd.DataFrame({"x": x, "size": rng.uniform(0, 100, n), "city": city, "y": y})
+
+
+def schema_of(frame, task="regression"):
+    schema = dataset.make_schema(frame, "y", task, DataParams(), ["x", "size", "city"])
+    classes = ["no", "yes"] if task == "classification" else None
+    return Schema(**{**schema.model_dump(), "classes": classes})
+
+
+def build(frame, schema, seed=3, **model):
+    runtime.seed_everything(seed)
+    return models.build_model(ModelParams(**model), schema, frame)
+
+
+def test_params_check_the_tabular_options():
+    params = parse_params({"model": TABULAR, "train": {"monitor": "val_auc"}})
+    assert params.model.periodic.sigma == 0.1
+    assert params.train.monitor == "val_auc"
+    with pytest.raises(ParamsError, match="numeric_encoding"):
+        parse_params({"model": {"numeric_encoding": "quantile"}})
+    with pytest.raises(ParamsError, match="apply to api sequential"):
+        parse_params({"model": {"api": "functional", "ensemble_size": 2}})
+    with pytest.raises(ParamsError, match="ensemble_size"):
+        parse_params({"model": {"ensemble_size": 0}})
+
+
+def test_defaults_build_the_plain_sequential_mlp():
+    frame = mixed()
+    _, core = models.split_model(build(frame, schema_of(frame), hidden_units=[8]))
+    assert isinstance(core, keras.Sequential)
+    assert [layer.name for layer in core.layers] == ["hidden_1", "output"]
+
+
+def test_robust_scaling_uses_median_and_quartiles_and_clips_smoothly():
+    train = pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0, 4.0, 1000.0], "c": [5.0] * 6})
+    stats = features.robust_stats(train, ["a", "c"])
+    assert stats["median"] == [2.5, 5.0]
+    assert stats["std"] == [np.quantile(train["a"], 0.75) - np.quantile(train["a"], 0.25), 1.0]
+    x = keras.ops.convert_to_tensor(np.array([[2.5, 5.0], [1000.0, 5.0], [np.nan, 5.0]], "f4"))
+    out = np.asarray(features.impute_standardize(x, **stats, clip=None, smooth_clip=3.0))
+    scaled = (1000.0 - 2.5) / stats["std"][0]
+    assert out[1, 0] == pytest.approx(scaled / np.sqrt(1 + (scaled / 3) ** 2), rel=1e-5)
+    assert 2.9 < out[1, 0] < 3.0  # never beyond the bound
+    assert out[0, 0] == 0.0 and out[2, 0] == 0.0  # the median, and missing imputed to it
+
+
+def test_embeddings_give_unseen_and_missing_their_own_slots():
+    frame = mixed()
+    frame.loc[:2, "city"] = "a"  # no missing value in training
+    model = build(frame, schema_of(frame), **TABULAR)
+    preprocessor, core = models.split_model(model)
+    rows = pd.DataFrame({"x": [0.0] * 3, "size": [1.0] * 3, "city": ["a", "zzz", None]})
+    index = np.asarray(
+        preprocessor(features.tensors(features.model_inputs(rows, schema_of(frame))))
+    )
+    a = 1 + features.vocabulary(frame, "city").index("a")  # 0 is the unseen values' slot
+    assert index[:, -1].tolist() == [a, 0.0, 4.0]  # a, unseen, missing (after the vocabulary)
+    # 3 categories + unseen + missing: 5 slots of width round(1.6 * 5 ** 0.56) = 4
+    assert core.get_layer("embedding_1").input_dim == 5
+    assert core.get_layer("embedding_1").output_dim == 4
+    assert [encodings.embedding_width(n) for n in (2, 5, 100, 10**6)] == [2, 4, 21, 50]
+    summary = models.summary_text(model)
+    assert "core/embedding_1" in summary and "core/periodic_linear" in summary
+
+
+def test_periodic_embedding_has_per_feature_frequencies_and_linear_maps():
+    frame = mixed()
+    _, core = models.split_model(build(frame, schema_of(frame), **TABULAR))
+    assert core.get_layer("periodic_frequencies").kernel.shape == (2, 4)
+    assert core.get_layer("periodic_linear").kernel.shape == (2, 8, 3)
+    assert core.get_layer("periodic").output.shape == (None, 6)
+
+
+def test_ensemble_predicts_the_members_mean():
+    frame = mixed(task="classification")
+    schema = schema_of(frame, "classification")
+    model = build(frame, schema, **TABULAR)
+    _, core = models.split_model(model)
+    signs = core.get_layer("ensemble_adapter").kernel.numpy()
+    assert set(np.unique(signs)) == {-1.0, 1.0}
+    assert model.output_shape == (None, 1)
+    # The mean of the members' probabilities: recompute it from the members' output layer.
+    members = keras.Model(core.input, core.get_layer("ensemble_output").output)
+    x = features.transform(models.split_model(model)[0], frame, schema).numpy()
+    expected = members.predict(x, verbose=0).mean(axis=1)
+    np.testing.assert_allclose(core.predict(x, verbose=0), expected, rtol=1e-6)
+    # Built twice with the same seed: the same weights.
+    again = build(frame, schema, **TABULAR)
+    for a, b in zip(model.get_weights(), again.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_standardized_target_maps_back_to_the_unit_of_the_target():
+    frame = mixed()
+    model = build(frame, schema_of(frame), hidden_units=[8], standardize_target=True)
+    _, core = models.split_model(model)
+    rescale = core.layers[-1]
+    assert rescale.name == "target"
+    assert rescale.scale == pytest.approx(frame["y"].std(ddof=0))
+    assert rescale.offset == pytest.approx(frame["y"].mean())
+    # A classification target is left as it is.
+    frame = mixed(task="classification")
+    _, core = models.split_model(
+        build(frame, schema_of(frame, "classification"), hidden_units=[8], standardize_target=True)
+    )
+    assert core.layers[-1].name == "output"
+
+
+def test_val_auc_is_monitored_upwards_for_two_classes_only():
+    frame = mixed(task="classification")
+    schema = schema_of(frame, "classification")
+    assert "val_auc" in losses.monitor_choices(schema)
+    assert losses.monitor_mode("val_auc") == "max"
+    assert "val_auc" not in losses.monitor_choices(schema_of(mixed()))
+    params = tiny_params(train={"monitor": "val_auc", "epochs": 2})
+    with pytest.raises(Exception, match="val_auc"):
+        losses.check_monitor(params.train, schema_of(mixed()))
+
+
+@pytest.mark.slow
+def test_tabular_model_trains_on_auc_and_exports_for_plain_keras_and_onnx(tmp_path):
+    frame = mixed(n=120, task="classification")
+    schema = schema_of(frame, "classification")
+    splits = {"train": frame.iloc[:80], "valid": frame.iloc[80:100], "test": frame.iloc[100:]}
+    params = tiny_params(
+        model=TABULAR, train={"monitor": "val_auc", "epochs": 3}, export={"onnx": True}
+    )
+    runtime.seed_everything(params.seed)
+    model = models.build_model(params.model, schema, splits["train"])
+    best, summary = fit.train(
+        model,
+        params.train,
+        dict(splits),
+        schema,
+        fit.RunDirs.inside(tmp_path / "run"),
+        seed=params.seed,
+        learning_rate=0.01,
+    )
+    assert summary["monitor"] == "val_auc"
+    assert 0.5 <= summary["best_monitor_value"] <= 1.0
+    out = tmp_path / "export"
+    train_file = tmp_path / "train.parquet"
+    splits["train"].to_parquet(train_file)
+    with files.atomic_dir(out) as folder:
+        export.export_model(best, schema, params, train_file, folder, splits["test"])
+    inputs = features.model_inputs(splits["test"], schema)
+    expected = features.predict(best, inputs, 32)
+    script = (
+        "import json, sys\nsys.modules['mlpipe'] = None\nimport keras, tensorflow as tf\n"
+        "m = keras.saving.load_model(sys.argv[1], safe_mode=True)\n"
+        "raw = json.load(sys.stdin)\n"
+        "x = {k: tf.constant(v, 'string' if k == 'city' else 'float32') for k, v in raw.items()}\n"
+        "print(json.dumps(m.predict(x, verbose=0).tolist()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", script, str(out / export.KERAS_FILE)],
+        input=json.dumps({k: v.tolist() for k, v in inputs.items()}),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=out,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = np.array(json.loads(result.stdout.splitlines()[-1]), dtype=np.float32)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
