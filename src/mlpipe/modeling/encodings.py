@@ -18,8 +18,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from mlpipe.model_params import ModelParams, PeriodicParams
 from mlpipe.modeling.networks import hidden_layers, output_spec
-from mlpipe.params import ModelParams, PeriodicParams
 from mlpipe.schema import Schema
 
 # Embedding width from the number of slots n (categories, unseen, missing): the rule of
