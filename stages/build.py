@@ -5,7 +5,8 @@ The model takes raw named columns. Numeric ones are imputed with training median
 and clipped; categorical ones are one-hot encoded, with a bucket for values unseen in training.
 A Wide & Deep network gets one such encoding per path.
 
-Reads:  <prepared>/train.parquet, <prepared>/schema.json.
+Reads:  <prepared>/train.parquet (or the shards <prepared>/train/part-*.parquet, in one
+        streaming pass per statistic: see mlpipe.stream_stats), <prepared>/schema.json.
 Writes: <model> (a model folder: model.keras, or for the subclass preprocess.keras,
         core.weights.h5 and core.json) and <summary> (inputs, layers, output shapes, parameter
         counts).
@@ -18,7 +19,9 @@ from pathlib import Path
 
 from mlpipe.params import load_params
 from mlpipe.schema import read_schema, read_splits
+from mlpipe.stream_stats import ShardStats
 from mlpipe.util import files, stage
+from mlpipe.util.shards import ShardedSplit, is_sharded
 
 log = logging.getLogger("mlpipe.build")
 
@@ -39,7 +42,10 @@ def main() -> None:
 
     # Data: only the training split is seen here
     schema = read_schema(args.prepared)
-    train = read_splits(args.prepared, ("train",))["train"]
+    if is_sharded(args.prepared):  # too big to load: its statistics in a streaming pass
+        train = ShardStats(ShardedSplit.of(args.prepared, "train"))
+    else:
+        train = read_splits(args.prepared, ("train",))["train"]
 
     # Build and save
     model = models.build_model(params.model, schema, train)

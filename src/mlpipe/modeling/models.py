@@ -28,6 +28,7 @@ from mlpipe.modeling.networks import (
 )
 from mlpipe.params import ModelParams
 from mlpipe.schema import Schema
+from mlpipe.stream_stats import ShardStats
 from mlpipe.util import files, reproducible
 from mlpipe.util.paths import CORE_CONFIG_FILE, CORE_WEIGHTS_FILE, KERAS_FILE, PREPROCESS_FILE
 
@@ -116,7 +117,7 @@ def compose(preprocessor: keras.Model, core: keras.Model) -> keras.Model:
     return keras.Model(inputs, core(preprocessor(inputs)), name="mlp")
 
 
-def build_model(cfg: ModelParams, schema: Schema, train: pd.DataFrame) -> keras.Model:
+def build_model(cfg: ModelParams, schema: Schema, train: pd.DataFrame | ShardStats) -> keras.Model:
     """Preprocessing adapted on the training split, then the core in the API of `model.api`.
 
     The Sequential core reads one feature matrix; the other two read a wide and a deep one,
