@@ -69,8 +69,10 @@ class ShardWriter:
 
 
 def split_keys(values: np.ndarray, seed: int) -> np.ndarray:
-    """A uniform number in [0, 1) per value, from pandas's seeded 64-bit hash of it."""
-    hashes = pd.util.hash_array(values, hash_key=f"{seed % 10**16:016d}", categorize=False)
+    """A uniform number in [0, 1) per value: pandas's 64-bit hash of the value, mixed with the
+    seed's and hashed again (pandas's own `hash_key` salts text only, not numbers)."""
+    salt = pd.util.hash_array(np.array([seed], dtype=np.uint64))[0]
+    hashes = pd.util.hash_array(pd.util.hash_array(values, categorize=False) ^ salt)
     return (hashes >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
