@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import run_stage, tiny_params
 from mlpipe.dataset_stream import prepare_sharded
 from mlpipe.features import numeric_stats, vocabulary
 from mlpipe.schema import SPLITS, read_schema, write_record
@@ -18,7 +19,6 @@ from mlpipe.stream_stats import ShardStats
 from mlpipe.util.paths import SCHEMA_FILE
 from mlpipe.util.shards import ShardedSplit, is_sharded_source
 from mlpipe.util.tables import DataError
-from tests.conftest import run_stage, tiny_params
 
 N_FILES, ROWS_PER_FILE = 3, 2000
 
@@ -206,7 +206,7 @@ def test_the_stages_run_on_a_folder_of_parquet_files(tmp_path):
         "seed": 3,
         "data": {"source": "data/raw/big", "target": "label", "categorical": ["code"]},
         "model": {"hidden_units": [16]},
-        "train": {"epochs": 3, "batch_size": 64},
+        "train": {"epochs": 6, "batch_size": 64, "optimizer": {"learning_rate": 0.01}},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     commands = [
@@ -245,13 +245,13 @@ def test_the_stages_run_on_a_folder_of_parquet_files(tmp_path):
     assert [p.name for p in shards] == ["part-00000.parquet"]
     scores = json.loads((tmp_path / "evaluate.json").read_text())
     assert scores["accuracy"] > 0.7  # the labels follow x0 + x1: learnable
-    assert json.loads((tmp_path / "train.json").read_text())["epochs_run"] == 3
+    assert json.loads((tmp_path / "train.json").read_text())["epochs_run"] == 6
     meta = json.loads((tmp_path / "models" / "export" / "metadata.json").read_text())
     assert meta["features"][3]["categories"] == ["red", "green", "blue", "teal"]
     assert json.loads((tmp_path / "baselines.json").read_text()) == {}
 
     # A number is needed where the range test would load the training split
-    params["train"]["optimizer"] = {"learning_rate": "auto"}
+    params["train"]["optimizer"]["learning_rate"] = "auto"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     done = run_stage(*commands[2], cwd=tmp_path)
     assert done.returncode == 2
