@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
 
-from mlpipe.features import model_inputs, sample_weights
+from mlpipe.features import input_matrices
 from mlpipe.schema import Schema, encode_target
 from mlpipe.training.batches import steps
 from mlpipe.util.shards import ShardedSplit
@@ -25,7 +27,7 @@ from mlpipe.util.shards import ShardedSplit
 # Rows permuted together: the shuffle buffer (64k rows of 32 float32 columns: 8 MB).
 WINDOW_ROWS = 65536
 # Rows per element before preprocessing and rebatching: per-element costs vanish at this size.
-CHUNK_ROWS = 4096
+CHUNK_ROWS = 16384
 # Shards read at once, so that a batch mixes rows of several files.
 INTERLEAVE = 4
 
@@ -44,12 +46,15 @@ class StreamedSplits:
         self.preprocessor, self.splits, self.schema = preprocessor, splits, schema
         self.outputs = outputs
         self.train_rows = len(splits["train"])
+        # The categorical features alone, for their text matrix
+        texts = tuple(f for f in schema.features if f.kind != "numeric")
+        self._texts = schema.model_copy(update={"features": texts})
 
     def train_labels(self) -> np.ndarray:
         """The encoded training labels alone (for `train.class_weight: balanced`)."""
         target = self.schema.target
         parts = [
-            encode_target(frame[target], self.schema)
+            encode_labels(frame[target], self.schema)
             for frame in self.splits["train"].frames([target])
         ]
         return np.concatenate(parts)
@@ -64,32 +69,65 @@ class StreamedSplits:
         return self._pipeline(split, files, batch_size, seed=None)
 
     def _signature(self) -> tuple:
-        inputs = {
-            f.input: tf.TensorSpec((None, 1), tf.float32 if f.kind == "numeric" else tf.string)
-            for f in self.schema.features
-        }
-        target = tf.TensorSpec((None,), tf.float32 if self.schema.classes is None else tf.int64)
+        """(numeric matrix, text matrix, labels[, weights]) per chunk: a few tensors, not one
+        per column, since each costs a conversion."""
+        numeric = sum(f.kind == "numeric" for f in self.schema.features)
+        target = tf.float32 if self.schema.classes is None else tf.int64
+        signature = (
+            tf.TensorSpec((None, numeric), tf.float32),
+            tf.TensorSpec((None, len(self.schema.features) - numeric), tf.string),
+            tf.TensorSpec((None,), target),
+        )
         if self.schema.weight_column is None:
-            return inputs, target
-        return inputs, target, tf.TensorSpec((None,), tf.float32)
+            return signature
+        return (*signature, tf.TensorSpec((None,), tf.float32))
+
+    def _named(self, numbers: tf.Tensor, texts: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The model's named inputs, cut from the two matrices of a chunk."""
+        named, i, j = {}, 0, 0
+        for feature in self.schema.features:
+            if feature.kind == "numeric":
+                named[feature.input], i = numbers[:, i : i + 1], i + 1
+            else:
+                named[feature.input], j = texts[:, j : j + 1], j + 1
+        return named
 
     def _chunks(self, split: ShardedSplit, file_index, seed, epoch):
-        """Chunks of rows of one shard as model inputs, permuted within each window when a
-        seed is given."""
+        """Chunks of rows of one shard as (numeric matrix, text matrix, labels[, weights]),
+        permuted within each window when a seed is given."""
         path = split.files[int(file_index)]
         reader = pq.ParquetFile(path)
         for number, batch in enumerate(reader.iter_batches(batch_size=WINDOW_ROWS)):
-            frame = batch.to_pandas()
+            arrays = self._arrays(batch, str(path))
             if seed is not None:
                 key = (int(seed), int(epoch), int(file_index), number)
-                frame = frame.take(np.random.default_rng(key).permutation(len(frame)))
-            x = model_inputs(frame, self.schema, str(path))
-            y = encode_target(frame[self.schema.target], self.schema)
-            w = sample_weights(frame, self.schema)
-            for start in range(0, len(frame), CHUNK_ROWS):
-                rows = slice(start, start + CHUNK_ROWS)
-                part = ({k: v[rows] for k, v in x.items()}, y[rows])
-                yield part if w is None else (*part, w[rows])
+                order = np.random.default_rng(key).permutation(batch.num_rows)
+                arrays = [a[order] for a in arrays]
+            for start in range(0, batch.num_rows, CHUNK_ROWS):
+                yield tuple(a[start : start + CHUNK_ROWS] for a in arrays)
+
+    def _arrays(self, batch: pa.RecordBatch, where: str) -> list[np.ndarray]:
+        """The matrices of `features.input_matrices`, row-major, and the encoded labels (and
+        weights). Float columns go from Arrow to NumPy without pandas; prepare has refused
+        infinities already."""
+        features = self.schema.features
+        numeric = [f.name for f in features if f.kind == "numeric"]
+        types = batch.schema
+        if all(pa.types.is_floating(types.field(name).type) for name in numeric):
+            numbers = np.empty((batch.num_rows, len(numeric)), dtype=np.float32)
+            for i, name in enumerate(numeric):
+                numbers[:, i] = batch.column(name).to_numpy(zero_copy_only=False)
+            columns = [f.name for f in features if f.kind != "numeric"]
+            texts = input_matrices(batch.select(columns).to_pandas(), self._texts, where)[1]
+        else:
+            numbers, texts = input_matrices(batch.to_pandas(), self.schema, where)
+            numbers = np.ascontiguousarray(numbers)
+        target = batch.column(self.schema.target).to_pandas()
+        arrays = [numbers, texts, encode_labels(target, self.schema)]
+        if self.schema.weight_column is not None:
+            weights = batch.column(self.schema.weight_column).to_numpy(zero_copy_only=False)
+            arrays.append(weights.astype(np.float32))
+        return arrays
 
     def _pipeline(
         self,
@@ -109,8 +147,8 @@ class StreamedSplits:
                 args=args,
             )
 
-        def preprocess(x, y, *w):
-            features = self.preprocessor(x, training=False)
+        def preprocess(numbers, texts, y, *w):
+            features = self.preprocessor(self._named(numbers, texts), training=False)
             labels = y if len(self.outputs) == 1 else {name: y for name in self.outputs}
             return (features, labels, *w)
 
@@ -164,3 +202,11 @@ class StreamedBatches(keras.callbacks.Callback):
             verbose=0,
             **fit_args,
         )
+
+
+def encode_labels(target: pd.Series, schema: Schema) -> np.ndarray:
+    """`schema.encode_target`, looked up once per distinct label rather than per row."""
+    if schema.classes is None:
+        return encode_target(target, schema)
+    codes, labels = pd.factorize(target)
+    return encode_target(pd.Series(labels), schema)[codes]
