@@ -205,6 +205,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=3, help="of the speed test, 1 untimed")
     parser.add_argument("--skip-pipeline", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "bench", help="for streaming.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("prepared", nargs="?", help=argparse.SUPPRESS)
@@ -213,9 +214,10 @@ def main() -> None:
         print(fit_rate(args.child, Path(args.prepared), args.batch_size, args.epochs))
         return
     results: dict = {"rows": args.rows, "fit_rows": args.fit_rows, "batch_size": args.batch_size}
-    with tempfile.TemporaryDirectory() as tmp:
-        results |= speed_ratio(args.fit_rows, args.batch_size, args.epochs, Path(tmp) / "fit")
-    print(json.dumps(results), file=sys.stderr)
+    if not args.skip_speed:
+        with tempfile.TemporaryDirectory() as tmp:
+            results |= speed_ratio(args.fit_rows, args.batch_size, args.epochs, Path(tmp) / "fit")
+        print(json.dumps(results), file=sys.stderr)
     if not args.skip_pipeline:
         with tempfile.TemporaryDirectory() as tmp:
             stages = pipeline(args.rows, args.batch_size, Path(tmp) / "pipeline")

@@ -147,11 +147,9 @@ def prepare_sharded(data: DataParams, seed: int, out: Path) -> tuple[Schema, dic
     if count_rows(paths) == 0:
         raise DataError(f"{data.source}: the Parquet files hold no rows; add rows")
     empty = source_schema.empty_table().to_pandas()
-    target, _ = _target_name(empty, data)
+    target = _target_name(empty, data)
     dataset.check_weight_column(empty, data, target)
     features = dataset.feature_columns(empty, data, target)
-    if data.id_column and data.id_column not in empty.columns:
-        raise DataError(f"data.id_column: column `{data.id_column}` is not in {data.source}")
     schema_out = output_schema(source_schema, data, target)
     counts = TargetCounts(data.task, schema_out.field(target).type)
     writers = [ShardWriter(shard_dir(out, name), schema_out) for name in SPLITS]
@@ -189,7 +187,7 @@ def prepare_sharded(data: DataParams, seed: int, out: Path) -> tuple[Schema, dic
     return schema.model_copy(update={"classes": classes}), sizes
 
 
-def _target_name(empty: pd.DataFrame, data: DataParams) -> tuple[str, None]:
+def _target_name(empty: pd.DataFrame, data: DataParams) -> str:
     columns = ", ".join(map(str, empty.columns))
     if data.target is None:
         raise DataError(
@@ -199,7 +197,7 @@ def _target_name(empty: pd.DataFrame, data: DataParams) -> tuple[str, None]:
         raise DataError(
             f"data.target: column `{data.target}` is not in {data.source}; columns are {columns}"
         )
-    return data.target, None
+    return data.target
 
 
 def _checked(
