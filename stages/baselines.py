@@ -1,7 +1,7 @@
 """Baselines: fit scikit-learn models on the training split and score them on the same splits as
 the network, so that the results show what the network adds.
 
-Reads:  <prepared>/{train,valid,test}.parquet and schema.json.
+Reads:  <prepared>/{train,valid,test}.parquet and schema.json (splits in shards: skipped).
 Writes: <out>: {baseline: metrics laid out as the evaluate stage's details, the test split's at
         the top level and the validation split's under `valid`}; {} with evaluate.baselines
         false. The baselines are a constant (majority class or mean), a linear model (logistic
@@ -19,6 +19,7 @@ from mlpipe.evaluation import baselines, metrics
 from mlpipe.params import load_params
 from mlpipe.schema import read_schema, read_splits
 from mlpipe.util import files, stage
+from mlpipe.util.shards import is_sharded
 
 log = logging.getLogger("mlpipe.baselines")
 
@@ -32,7 +33,10 @@ def main() -> None:
     params = load_params()
 
     scores = {}
-    if params.evaluate.baselines:
+    if params.evaluate.baselines and is_sharded(args.prepared):
+        # scikit-learn's models fit in memory: data in shards gets none (as baselines: false)
+        log.info("baselines skipped: the splits are shards, too big for scikit-learn in memory")
+    elif params.evaluate.baselines:
         schema = read_schema(args.prepared)
         scores = baselines.score(schema, read_splits(args.prepared))
         for name, values in scores.items():

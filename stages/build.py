@@ -8,7 +8,8 @@ periodic scales by median and quartiles with smooth clipping instead, and
 model.categorical_encoding embedding passes each category as an index to the network's
 embeddings (src/mlpipe/modeling/encodings.py).
 
-Reads:  <prepared>/train.parquet, <prepared>/schema.json.
+Reads:  <prepared>/train.parquet (or the shards <prepared>/train/part-*.parquet, in one
+        streaming pass per statistic: see mlpipe.stream_stats), <prepared>/schema.json.
 Writes: <model> (a model folder: model.keras, or for the subclass preprocess.keras,
         core.weights.h5 and core.json) and <summary> (inputs, layers, output shapes, parameter
         counts).
@@ -21,7 +22,9 @@ from pathlib import Path
 
 from mlpipe.params import load_params
 from mlpipe.schema import read_schema, read_splits
+from mlpipe.stream_stats import ShardStats
 from mlpipe.util import files, stage
+from mlpipe.util.shards import ShardedSplit, is_sharded
 
 log = logging.getLogger("mlpipe.build")
 
@@ -42,7 +45,10 @@ def main() -> None:
 
     # Data: only the training split is seen here
     schema = read_schema(args.prepared)
-    train = read_splits(args.prepared, ("train",))["train"]
+    if is_sharded(args.prepared):  # too big to load: its statistics in a streaming pass
+        train = ShardStats(ShardedSplit.of(args.prepared, "train"))
+    else:
+        train = read_splits(args.prepared, ("train",))["train"]
 
     # Build and save
     model = models.build_model(params.model, schema, train)

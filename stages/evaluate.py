@@ -1,7 +1,7 @@
 """Evaluate: score the trained model, draw the plots, apply the quality gate.
 
-Reads:  <prepared>/{train,valid,test}.parquet and schema.json, <model> (model folder), and the
-        DVCLive curves of training under --training.
+Reads:  <prepared>/{valid,test}.parquet (or their shards, batch by batch) and schema.json,
+        <model> (model folder), and the DVCLive curves of training under --training.
 Writes: <metrics> (the headline metrics of the test split, which `dvc exp show` shows),
         <details> (every score: the test split's at the top level, the validation split's under
         `valid`, per class under `per_class`; for a model with several outputs, the bare names
@@ -20,8 +20,10 @@ from mlpipe.evaluation import metrics, plots
 from mlpipe.params import load_params
 from mlpipe.schema import read_schema, read_splits
 from mlpipe.util import files, stage
+from mlpipe.util.shards import is_sharded, read_sharded
 
 log = logging.getLogger("mlpipe.evaluate")
+SPLITS = ("valid", "test")
 
 
 def main() -> None:
@@ -39,7 +41,11 @@ def main() -> None:
     # Inputs: a threshold naming no metric of this task fails before any work
     schema = read_schema(args.prepared)
     metrics.check_threshold_names(params.evaluate.thresholds, schema.task)
-    splits = read_splits(args.prepared)
+    # Shards are read batch by batch, keeping only labels and predictions
+    if is_sharded(args.prepared):
+        splits: dict = read_sharded(args.prepared, SPLITS)
+    else:
+        splits = read_splits(args.prepared, SPLITS)
     training = plots.read_training_curves(args.training) if args.training else None
 
     from mlpipe.evaluation.evaluate import evaluate

@@ -3,7 +3,7 @@ legacy HDF5), with the metadata serving needs and provenance. Every format takes
 
 Reads:  <model> (model folder), <prepared>/schema.json, <prepared>/train.parquet (hashed, and the
         source of the recorded medians and categories), <prepared>/test.parquet (a sample to
-        check the ONNX file on).
+        check the ONNX file on); or the shards of those splits, streamed.
 Writes: <out>/model.keras (loads with plain Keras), <out>/saved_model/1/ (for TF Serving, with
         named outputs), <out>/model.onnx, <out>/model.h5, <out>/metadata.json (the schema, with
         the training medians and categories, how to read files, library versions, params and
@@ -18,6 +18,7 @@ from pathlib import Path
 from mlpipe.params import load_params
 from mlpipe.schema import read_schema, read_splits, split_path
 from mlpipe.util import files, stage
+from mlpipe.util.shards import ShardedSplit, is_sharded
 
 log = logging.getLogger("mlpipe.export")
 
@@ -36,12 +37,15 @@ def main() -> None:
 
     schema = read_schema(args.prepared)
     model = models.load_model_folder(args.model)
-    test = read_splits(args.prepared, ("test",))["test"]
+    if is_sharded(args.prepared):  # a few rows of test to check a converted format on
+        train: Path | ShardedSplit = ShardedSplit.of(args.prepared, "train")
+        test = ShardedSplit.of(args.prepared, "test").head(export.CHECK_ROWS)
+    else:
+        train = split_path(args.prepared, "train")
+        test = read_splits(args.prepared, ("test",))["test"]
 
     with files.atomic_dir(args.out) as folder:
-        meta = export.export_model(
-            model, schema, params, split_path(args.prepared, "train"), folder, test
-        )
+        meta = export.export_model(model, schema, params, train, folder, test)
     log.info("exported %s to %s", ", ".join(meta.formats), args.out)
 
 

@@ -18,9 +18,11 @@ import argparse
 import logging
 from pathlib import Path
 
+from mlpipe import MlpipeError
 from mlpipe.params import load_params
 from mlpipe.training import lr_find
 from mlpipe.util import files, stage
+from mlpipe.util.shards import is_sharded
 
 log = logging.getLogger("mlpipe.lr_find")
 
@@ -50,6 +52,12 @@ def main() -> None:
         from mlpipe.modeling import models
         from mlpipe.schema import read_schema, read_splits
 
+        if is_sharded(args.prepared):
+            raise MlpipeError(
+                "train.optimizer.learning_rate: auto runs the range test on the training split "
+                f"in memory; {args.prepared} holds it as shards (data.source is a folder of "
+                "Parquet files). Set train.optimizer.learning_rate to a number, e.g. 0.001"
+            )
         # Inputs: the training split, and the untrained model (its weights are put back after)
         schema = read_schema(args.prepared)
         frame = read_splits(args.prepared, ("train",))["train"]

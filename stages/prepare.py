@@ -3,8 +3,9 @@
 Reads:  the dataset named by `data.source` (and `data.test_source`); optionally the metadata of
         the currently exported model, only to warn when the features changed.
 Writes: <out>/{train,valid,test}.parquet and <out>/schema.json (the `Schema`: features and
-        their kinds, target, task, classes, warnings). Nothing is written unless every check
-        passes.
+        their kinds, target, task, classes, warnings); for a folder or glob of Parquet files,
+        <out>/{train,valid,test}/part-*.parquet instead, written batch by batch. Nothing is
+        written unless every check passes.
 Params: seed, data.
 """
 
@@ -14,11 +15,30 @@ from pathlib import Path
 
 from mlpipe import MlpipeError, dataset
 from mlpipe.params import load_params
-from mlpipe.schema import write_prepared
+from mlpipe.schema import write_prepared, write_record
 from mlpipe.serving.metadata import read_metadata
 from mlpipe.util import files, stage
+from mlpipe.util.paths import SCHEMA_FILE
+from mlpipe.util.shards import is_sharded_source
 
 log = logging.getLogger("mlpipe.prepare")
+
+
+def prepare_sharded(out: Path, params) -> None:
+    """A folder or glob of Parquet files: checked, split and written batch by batch."""
+    from mlpipe.dataset_stream import prepare_sharded as split_into_shards
+
+    with files.atomic_dir(out) as tmp:
+        schema, sizes = split_into_shards(params.data, params.seed, tmp)
+        log.info(
+            "%s: %d rows, %d features",
+            params.data.source,
+            sum(sizes.values()),
+            len(schema.features),
+        )
+        for name, rows in sizes.items():
+            log.info("%s: %d rows", name, rows)
+        write_record(tmp / SCHEMA_FILE, schema)
 
 
 def main() -> None:
@@ -33,6 +53,10 @@ def main() -> None:
     args = parser.parse_args()
     stage.outputs(args.out)
     params = load_params()
+
+    if is_sharded_source(params.data.source):
+        prepare_sharded(args.out, params)
+        return
 
     # Load and check
     frame, default_target = dataset.load_source(params.data)

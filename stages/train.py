@@ -6,7 +6,8 @@ trained. A network with several outputs gets the labels at each, and `train.loss
 
 A loss that becomes NaN or infinite fails the stage (exit 2) and replaces no output.
 
-Reads:  <prepared>/{train,valid}.parquet, <prepared>/schema.json, <untrained> (model folder),
+Reads:  <prepared>/{train,valid}.parquet (or their shards, streamed: see
+        mlpipe.training.streamed), <prepared>/schema.json, <untrained> (model folder),
         <learning rate> (the lr_find stage's record: the suggestion under `auto`, else a check).
 Writes: <model> (model folder of the best epoch), <metrics> (epochs run, best epoch, best
         validation value, seconds), per-epoch curves under <dvclive>, TensorBoard logs under
@@ -28,6 +29,7 @@ from mlpipe.params import load_params
 from mlpipe.schema import read_schema, read_splits
 from mlpipe.training import lr_find
 from mlpipe.util import files, stage
+from mlpipe.util.shards import is_sharded, read_sharded, split_input_files
 
 SPLITS = ("train", "valid")
 
@@ -75,13 +77,15 @@ def main() -> None:
         backup=backup_of(args.model),
     )
     inputs = sorted(p for p in args.untrained.rglob("*") if p.is_file())
-    inputs += [args.prepared / f"{name}.parquet" for name in SPLITS]
+    inputs += split_input_files(args.prepared, SPLITS)
+    # Shards are read batch by batch; a table is not kept here, so that train frees it once
+    # it has its features.
+    splits = read_sharded if is_sharded(args.prepared) else read_splits
     with distribute.stopping_workers_on_error(cluster):
         model, summary = fit.train(
             untrained,
             params.train,
-            # Not kept here, so that train frees the tables once it has their features.
-            read_splits(args.prepared, SPLITS),
+            splits(args.prepared, SPLITS),
             schema,
             dirs,
             seed=params.seed,

@@ -17,6 +17,7 @@ import tensorflow as tf
 from keras import ops
 
 from mlpipe.schema import Feature, Schema, encode_target
+from mlpipe.stream_stats import ShardStats
 from mlpipe.util.tables import DataError, to_categories, to_numeric
 
 PREPROCESS = "preprocess"
@@ -157,9 +158,11 @@ def h5_custom_objects() -> dict[str, type]:
     }
 
 
-def numeric_stats(train: pd.DataFrame, names: list[str]) -> dict[str, list[float]]:
+def numeric_stats(train: pd.DataFrame | ShardStats, names: list[str]) -> dict[str, list[float]]:
     """Median, and mean and standard deviation after imputation, per column in float64 (one
-    column at a time: never a float64 copy of the whole table)."""
+    column at a time: never a float64 copy of the whole table). Of shards: streamed."""
+    if isinstance(train, ShardStats):
+        return train.numeric_stats(names)
     stats: dict[str, list[float]] = {"median": [], "mean": [], "std": []}
     for name in names:
         x = to_numeric(train[name], "train split").astype(np.float64)
@@ -174,9 +177,11 @@ def numeric_stats(train: pd.DataFrame, names: list[str]) -> dict[str, list[float
     return stats
 
 
-def robust_stats(train: pd.DataFrame, names: list[str]) -> dict[str, list[float]]:
+def robust_stats(train: pd.DataFrame | ShardStats, names: list[str]) -> dict[str, list[float]]:
     """`numeric_stats` for robust scaling (RealMLP): centred on the median, scaled by the
     interquartile range; (max - min) / 2 where that is 0, and 1 for a constant column."""
+    if isinstance(train, ShardStats):
+        return train.robust_stats(names)
     stats: dict[str, list[float]] = {"median": [], "mean": [], "std": []}
     for name in names:
         x = to_numeric(train[name], "train split").astype(np.float64)
@@ -192,9 +197,11 @@ def robust_stats(train: pd.DataFrame, names: list[str]) -> dict[str, list[float]
     return stats
 
 
-def vocabulary(train: pd.DataFrame, name: str) -> list[str]:
+def vocabulary(train: pd.DataFrame | ShardStats, name: str) -> list[str]:
     """Categories seen in training, most frequent first (ties by text), missing ("") included
     when it occurs, since missingness itself can carry signal."""
+    if isinstance(train, ShardStats):
+        return train.vocabulary(name)
     counts = pd.Series(to_categories(train[name])).value_counts()
     return sorted(counts.index, key=lambda v: (-counts[v], v))
 
@@ -206,7 +213,7 @@ def input_layer(feature: Feature) -> keras.KerasTensor:
 
 def build_preprocessor(
     schema: Schema,
-    train: pd.DataFrame,
+    train: pd.DataFrame | ShardStats,
     clip: float | None,
     paths: dict[str, list[str]] | None = None,
     numeric: str = "standardize",
@@ -239,7 +246,7 @@ def build_preprocessor(
 def encode(
     features: Sequence[Feature],
     inputs: dict[str, keras.KerasTensor],
-    train: pd.DataFrame,
+    train: pd.DataFrame | ShardStats,
     clip: float | None,
     prefix: str = "",
     numeric_encoding: str = "standardize",

@@ -10,7 +10,7 @@ import codecs
 import hashlib
 import json
 import re
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -83,9 +83,12 @@ class FeatureSelection(Section):
 def _check_source(value: str | None) -> str | None:
     if value is None or re.fullmatch(r"sklearn:[a-z_]+", value):
         return value
-    if not value.lower().endswith(TABLE_SUFFIXES):
+    # A folder (no suffix) or a glob of Parquet files is read in batches (mlpipe.dataset_stream)
+    sharded = not PurePath(value).suffix or any(c in value for c in "*?[")
+    if not sharded and not value.lower().endswith(TABLE_SUFFIXES):
         raise ValueError(
-            f"expected `sklearn:<name>` or a path to a file ending in {', '.join(TABLE_SUFFIXES)}"
+            f"expected `sklearn:<name>`, a path to a file ending in {', '.join(TABLE_SUFFIXES)}, "
+            "or a folder or glob of Parquet files"
         )
     return value
 

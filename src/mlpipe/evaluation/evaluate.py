@@ -7,12 +7,15 @@ import logging
 from typing import NamedTuple
 
 import keras
+import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 from mlpipe.evaluation import metrics, plots
 from mlpipe.features import inputs_and_target, predict
 from mlpipe.modeling.models import main_output
 from mlpipe.schema import Schema
+from mlpipe.util.shards import ShardedSplit
 
 log = logging.getLogger("mlpipe.evaluate")
 SPLITS = ("valid", "test")
@@ -26,7 +29,7 @@ class Evaluation(NamedTuple):
 def evaluate(
     model: keras.Model,
     schema: Schema,
-    splits: dict[str, pd.DataFrame],
+    splits: dict[str, pd.DataFrame] | dict[str, ShardedSplit],
     batch_size: int,
     loss_weights: dict[str, float] | None = None,
     training: dict[str, dict[str, pd.DataFrame]] | None = None,
@@ -40,8 +43,12 @@ def evaluate(
     """
     y, outputs = {}, {}
     for name in SPLITS:
-        inputs, y[name] = inputs_and_target(splits[name], schema)
-        outputs[name] = predict(model, inputs, batch_size)
+        split = splits[name]
+        if isinstance(split, ShardedSplit):
+            y[name], outputs[name] = streamed_predictions(model, schema, split, batch_size)
+        else:
+            inputs, y[name] = inputs_and_target(split, schema)
+            outputs[name] = predict(model, inputs, batch_size)
     raw = {name: main_output(output) for name, output in outputs.items()}
 
     split_scores = {name: metrics.score(schema, y[name], raw[name]) for name in SPLITS}
@@ -51,3 +58,17 @@ def evaluate(
     scores = metrics.by_split(split_scores)
     log.info("test: %s", " ".join(f"{k}={scores[k]}" for k in metrics.metric_names(schema.task)))
     return Evaluation(scores, plots.evaluation_files(schema, y["test"], raw["test"], training))
+
+
+def streamed_predictions(
+    model: keras.Model, schema: Schema, split: ShardedSplit, batch_size: int
+) -> tuple[np.ndarray, np.ndarray | dict[str, np.ndarray]]:
+    """Labels and predictions of a split in shards, read batch by batch: memory holds the
+    labels and predictions of the split, never its features."""
+    labels, outputs = [], []
+    for frame in split.frames():
+        inputs, target = inputs_and_target(frame, schema)
+        labels.append(target)
+        outputs.append(predict(model, inputs, batch_size))
+    joined = tf.nest.map_structure(lambda *parts: np.concatenate(parts), *outputs)
+    return np.concatenate(labels), joined

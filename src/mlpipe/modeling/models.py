@@ -29,6 +29,7 @@ from mlpipe.modeling.networks import (
 )
 from mlpipe.params import ModelParams
 from mlpipe.schema import Schema, encode_target
+from mlpipe.stream_stats import ShardStats
 from mlpipe.util import files, reproducible
 from mlpipe.util.paths import CORE_CONFIG_FILE, CORE_WEIGHTS_FILE, KERAS_FILE, PREPROCESS_FILE
 
@@ -70,7 +71,7 @@ def build_core(
 
 
 def target_rescaling(
-    cfg: ModelParams, schema: Schema, train: pd.DataFrame
+    cfg: ModelParams, schema: Schema, train: pd.DataFrame | ShardStats
 ) -> keras.layers.Rescaling | None:
     """With `model.standardize_target`, the layer after the output unit that maps the
     standardized prediction back to the target: y = z * std + mean, from the training split.
@@ -78,9 +79,13 @@ def target_rescaling(
     left as it is."""
     if not cfg.standardize_target or schema.task != "regression":
         return None  # a class probability has no unit to take out
-    y = encode_target(train[schema.target], schema).astype(np.float64)
-    std = float(y.std()) or 1.0
-    return keras.layers.Rescaling(scale=std, offset=float(y.mean()), name="target")
+    if isinstance(train, ShardStats):  # exact, in one streaming pass; a target is never missing
+        stats = train.numeric_stats([schema.target])
+        mean, std = stats["mean"][0], stats["std"][0]
+    else:
+        y = encode_target(train[schema.target], schema).astype(np.float64)
+        mean, std = float(y.mean()), float(y.std()) or 1.0
+    return keras.layers.Rescaling(scale=std, offset=mean, name="target")
 
 
 def build_functional_core(cfg: ModelParams, schema: Schema, widths: dict[str, int]) -> keras.Model:
@@ -140,7 +145,7 @@ def compose(preprocessor: keras.Model, core: keras.Model) -> keras.Model:
     return keras.Model(inputs, core(preprocessor(inputs)), name="mlp")
 
 
-def build_model(cfg: ModelParams, schema: Schema, train: pd.DataFrame) -> keras.Model:
+def build_model(cfg: ModelParams, schema: Schema, train: pd.DataFrame | ShardStats) -> keras.Model:
     """Preprocessing adapted on the training split, then the core in the API of `model.api`.
 
     The Sequential core reads one feature matrix; the other two read a wide and a deep one,

@@ -34,6 +34,7 @@ from mlpipe.serving.metadata import (
     LearnedFeature,
     write_metadata,
 )
+from mlpipe.stream_stats import ShardStats
 from mlpipe.util import reproducible
 from mlpipe.util.files import file_sha256
 from mlpipe.util.paths import (
@@ -44,6 +45,7 @@ from mlpipe.util.paths import (
     SAVED_MODEL_DIR,
     SAVED_MODEL_VERSION,
 )
+from mlpipe.util.shards import ShardedSplit
 
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-4
@@ -75,7 +77,7 @@ def export_model(
     model: keras.Model,
     schema: Schema,
     params: Params,
-    train_file: Path,
+    train_file: Path | ShardedSplit,
     out: Path,
     test: pd.DataFrame | None = None,
 ) -> ExportMetadata:
@@ -96,7 +98,9 @@ def formats(export: ExportParams) -> tuple[str, ...]:
     return (*export.formats, *["onnx"] * export.onnx, *["h5"] * export.h5)
 
 
-def learned_features(schema: Schema, train: pd.DataFrame) -> tuple[LearnedFeature, ...]:
+def learned_features(
+    schema: Schema, train: pd.DataFrame | ShardStats
+) -> tuple[LearnedFeature, ...]:
     """The schema's features with the training medians and categories the preprocessing holds."""
     numeric = [f.name for f in schema.features if f.kind == "numeric"]
     medians = dict(zip(numeric, numeric_stats(train, numeric)["median"], strict=True))
@@ -109,13 +113,19 @@ def learned_features(schema: Schema, train: pd.DataFrame) -> tuple[LearnedFeatur
 
 
 def metadata(
-    schema: Schema, params: Params, train_file: Path, model: keras.Model
+    schema: Schema, params: Params, train_file: Path | ShardedSplit, model: keras.Model
 ) -> ExportMetadata:
     """The schema, extended with what serving needs besides the model (what was learned of the
-    features, how to read files, the outputs) and with where the model came from."""
+    features, how to read files, the outputs) and with where the model came from. Training
+    shards are streamed (`ShardStats`) and hashed together."""
+    if isinstance(train_file, ShardedSplit):
+        train: pd.DataFrame | ShardStats = ShardStats(train_file)
+        digest = train_file.sha256()
+    else:
+        train, digest = pd.read_parquet(train_file), file_sha256(train_file)
     return ExportMetadata(
         **schema.model_dump(exclude={"features"}),
-        features=learned_features(schema, pd.read_parquet(train_file)),
+        features=learned_features(schema, train),
         api=params.model.api,
         outputs=tuple(output_names(split_model(model)[1])),
         csv=params.data.csv,
@@ -123,7 +133,7 @@ def metadata(
         versions=library_versions(),
         params_sha256=params_hash(params, MODEL_SECTIONS),
         params_sections=MODEL_SECTIONS,
-        train_data_sha256=file_sha256(train_file),
+        train_data_sha256=digest,
     )
 
 

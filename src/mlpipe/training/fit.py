@@ -33,9 +33,11 @@ from mlpipe.training.callbacks import (
     TrainingDiverged,
     TrainingSignals,
 )
-from mlpipe.training.distribute import Cluster
+from mlpipe.training.distribute import Cluster, DistributeError
 from mlpipe.training.resume import ResumableBackup
+from mlpipe.training.streamed import StreamedBatches, StreamedSplits
 from mlpipe.util import files
+from mlpipe.util.shards import ShardedSplit
 
 log = logging.getLogger("mlpipe.train")
 
@@ -77,7 +79,7 @@ class RunDirs:
 def train(
     model: keras.Model,
     cfg: TrainParams,
-    splits: dict[str, pd.DataFrame],
+    splits: dict[str, pd.DataFrame] | dict[str, ShardedSplit],
     schema: Schema,
     dirs: RunDirs,
     *,
@@ -108,13 +110,26 @@ def train(
     losses.check_loss_weights(cfg.loss_weights, outputs)
     losses.check_weighting(cfg, schema, network)
 
-    # Features computed once per split; labels fed to every output
-    sample_weight = features.sample_weights(splits["train"], schema)
-    xy = features.matrices(preprocessor, {s: splits[s] for s in ("train", "valid")}, schema)
+    xy: dict[str, tuple] | StreamedSplits
+    if isinstance(splits["train"], ShardedSplit) and cluster.strategy is not None:
+        raise DistributeError(
+            f"train.distribute.strategy {cluster.kind} does not read data in Parquet shards "
+            "yet (data.source is a folder): set train.distribute.strategy: none"
+        )
+    if isinstance(splits["train"], ShardedSplit):  # read batch by batch, preprocessed on the fly
+        xy = StreamedSplits(preprocessor, splits, schema, outputs)
+        sample_weight = None  # in the streamed batches
+        labels = xy.train_labels() if cfg.class_weight is not None else np.empty(0, np.int64)
+        class_weight = losses.class_weights(cfg, schema, labels)
+        steps_per_epoch = steps(xy.train_rows, cfg.batch_size)
+    else:
+        # Features computed once per split; labels fed to every output
+        sample_weight = features.sample_weights(splits["train"], schema)
+        xy = features.matrices(preprocessor, {s: splits[s] for s in ("train", "valid")}, schema)
+        class_weight = losses.class_weights(cfg, schema, xy["train"][1])
+        steps_per_epoch = steps(len(xy["train"][1]), cfg.batch_size)
+        xy = losses.label_outputs(xy, outputs)
     del splits  # frees the tables unless the caller keeps them (the train stage does not)
-    class_weight = losses.class_weights(cfg, schema, xy["train"][1])
-    steps_per_epoch = steps(len(xy["train"][1]), cfg.batch_size)
-    xy = losses.label_outputs(xy, outputs)
     with cluster.scope():
         compile_model(network, cfg, schema, learning_rate, steps_per_epoch, cluster.strategy)
 
@@ -195,7 +210,7 @@ def trim_dvclive(live_dir: Path, epochs_kept: int) -> None:
 def fit_network(
     model: keras.Model,
     train: TrainParams,
-    data: dict[str, tuple],
+    data: dict[str, tuple] | StreamedSplits,
     dirs: RunDirs,
     seed: int,
     fingerprint: str,
@@ -211,7 +226,6 @@ def fit_network(
     metrics/train.json. Only the chief of a `cluster` writes DVCLive and TensorBoard logs.
     """
     cluster = cluster or Cluster()
-    x_train, y_train = data["train"]
     early_stopping = keras.callbacks.EarlyStopping(
         monitor=train.monitor,
         mode=losses.monitor_mode(train.monitor),
@@ -226,11 +240,18 @@ def fit_network(
     if not cluster.agree(first_epoch):
         log.warning("the workers' backups are of different epochs: every worker starts over")
         first_epoch = backup.start_over()
-    arrays = (x_train, y_train) if sample_weight is None else (x_train, y_train, sample_weight)
-    batches = ShuffledBatches(
-        arrays, train.batch_size, seed, first_epoch, train.epochs, model.steps_per_execution
-    )
-    batches.dataset = cluster.shardable(batches.dataset)
+    batches: ShuffledBatches | StreamedBatches
+    if isinstance(data, StreamedSplits):
+        batches = data.batches(train.batch_size, seed, first_epoch, train.epochs)
+        validation = data.validation(train.batch_size)
+    else:
+        x_train, y_train = data["train"]
+        arrays = (x_train, y_train) if sample_weight is None else (x_train, y_train, sample_weight)
+        batches = ShuffledBatches(
+            arrays, train.batch_size, seed, first_epoch, train.epochs, model.steps_per_execution
+        )
+        batches.dataset = cluster.shardable(batches.dataset)
+        validation = data["valid"]
     files.clean_stale(dirs.checkpoint)
     if first_epoch == 0:
         dirs.checkpoint.unlink(missing_ok=True)
@@ -239,9 +260,7 @@ def fit_network(
         callbacks += chief_loggers(dirs, first_epoch, train.epochs)
     callbacks.append(backup)  # last: it saves the others' state after they have updated it
     start = time.perf_counter()
-    history = batches.fit(
-        model, callbacks, class_weight=class_weight, validation_data=data["valid"]
-    )
+    history = batches.fit(model, callbacks, class_weight=class_weight, validation_data=validation)
     # A timing is logged, not recorded: in metrics/train.json it would change dvc.lock on every
     # rerun and show up as a changed metric in every diff.
     log.info("trained in %.1f s", time.perf_counter() - start)
