@@ -8,7 +8,8 @@ seconds the stage spent importing modules (TensorFlow, scikit-learn, ..., wherev
 stage the import happens); `work` is the rest: reading inputs, the stage's own work, writing
 outputs. Figures are medians over the repeats. Also: `dvc repro --force` of the pipeline.
 
-    python bench/stage_profile.py --rev 7459a8f --rev HEAD     # before and after
+    python bench/stage_profile.py --rev 7459a8f --rev HEAD --out bench/stage_profile.md
+                                        # before and after; also fills the README's table
     python bench/stage_profile.py --repeats 1                   # one quick pass over HEAD
 """
 
@@ -160,6 +161,11 @@ def main() -> None:
     print(text)
     if args.out:
         args.out.write_text(text)
+    if args.out and args.out.resolve() == ROOT / "bench" / "stage_profile.md":
+        from mlpipe.tools.readme import fill_include
+
+        readme = ROOT / "README.md"
+        readme.write_text(fill_include(readme.read_text(), "bench/stage_profile.md", text))
 
 
 if __name__ == "__main__":
