@@ -24,7 +24,36 @@ def n_rows(x) -> int:
     return int(tf.nest.flatten(x)[0].shape[0])
 
 
-class ShuffledBatches(keras.callbacks.Callback):
+class EpochBatches(keras.callbacks.Callback):
+    """Training batches shuffled by the epoch number, which this callback hands to the
+    dataset (`self.epoch`) as each epoch begins; `fit(model)` trains on them."""
+
+    dataset: tf.data.Dataset
+    steps_per_epoch: int | None
+
+    def __init__(self, first_epoch: int, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+        # Read by the dataset each time Keras starts a pass over it (after on_epoch_begin).
+        self.epoch = tf.Variable(first_epoch, dtype=tf.int64, trainable=False)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch.assign(epoch)
+
+    def fit(self, model: keras.Model, callbacks=(), **fit_args) -> keras.callbacks.History:
+        """`model.fit` on these batches, quietly, with this callback before `callbacks`."""
+        return model.fit(
+            self.dataset,
+            epochs=self.epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            shuffle=False,  # shuffled here, by epoch number
+            callbacks=[self, *callbacks],
+            verbose=0,
+            **fit_args,
+        )
+
+
+class ShuffledBatches(EpochBatches):
     """The training data as `fit` reads it, for epochs first_epoch..epochs-1: `fit(model)`
     trains on it (or pass `dataset` and `steps_per_epoch` to Keras's `fit`, and this callback
     to the same `fit`).
@@ -52,14 +81,11 @@ class ShuffledBatches(keras.callbacks.Callback):
         epochs: int,
         steps_per_execution: int,
     ):
-        super().__init__()
-        self.epochs = epochs
+        super().__init__(first_epoch, epochs)
         batches = steps(n_rows(arrays), batch_size)
-        # Read by the dataset each time Keras starts a pass over it (after on_epoch_begin).
-        self.epoch = tf.Variable(first_epoch, dtype=tf.int64, trainable=False)
         if batches % steps_per_execution == 0:
             numbers = tf.data.Dataset.range(first_epoch, epochs)
-            self.steps_per_epoch: int | None = batches
+            self.steps_per_epoch = batches
         else:
             numbers = tf.data.Dataset.range(1).map(lambda _: self.epoch.read_value())
             self.steps_per_epoch = None
@@ -67,21 +93,6 @@ class ShuffledBatches(keras.callbacks.Callback):
         if self.steps_per_epoch is None:
             # The batch count is known, so Keras knows each epoch's steps without being told.
             self.dataset = self.dataset.apply(tf.data.experimental.assert_cardinality(batches))
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch.assign(epoch)
-
-    def fit(self, model: keras.Model, callbacks=(), **fit_args) -> keras.callbacks.History:
-        """`model.fit` on these batches, quietly, with this callback before `callbacks`."""
-        return model.fit(
-            self.dataset,
-            epochs=self.epochs,
-            steps_per_epoch=self.steps_per_epoch,
-            shuffle=False,  # shuffled here, by epoch number
-            callbacks=[self, *callbacks],
-            verbose=0,
-            **fit_args,
-        )
 
 
 def epoch_batches(

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from mlpipe.features import input_matrices
 from mlpipe.schema import Schema, encode_target
-from mlpipe.training.batches import steps
+from mlpipe.training.batches import EpochBatches, steps
 from mlpipe.util.shards import ShardedSplit
 
 # Rows permuted together: the shuffle buffer (64k rows of 32 float32 columns: 8 MB).
@@ -163,18 +163,15 @@ class StreamedSplits:
         return data.apply(tf.data.experimental.assert_cardinality(steps(len(split), batch_size)))
 
 
-class StreamedBatches(keras.callbacks.Callback):
+class StreamedBatches(EpochBatches):
     """The training batches for `fit`, one epoch per pass (Keras passes over it anew each
-    epoch), shuffled by the epoch number this callback sets; the interface of
-    `batches.ShuffledBatches`."""
+    epoch), the shards' order and the rows shuffled by the epoch number this callback sets."""
 
     def __init__(
         self, data: StreamedSplits, batch_size: int, seed: int, first_epoch: int, epochs: int
     ):
-        super().__init__()
-        self.epochs = epochs
+        super().__init__(first_epoch, epochs)
         self.steps_per_epoch = None
-        self.epoch = tf.Variable(first_epoch, dtype=tf.int64, trainable=False)
         split = data.splits["train"]
         n_files = len(split.files)
 
@@ -188,20 +185,6 @@ class StreamedBatches(keras.callbacks.Callback):
         epoch = tf.data.Dataset.range(1).map(lambda _: self.epoch.read_value())
         files = epoch.flat_map(shuffled_files)
         self.dataset = data._pipeline(split, files, batch_size, seed)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch.assign(epoch)
-
-    def fit(self, model: keras.Model, callbacks=(), **fit_args) -> keras.callbacks.History:
-        return model.fit(
-            self.dataset,
-            epochs=self.epochs,
-            steps_per_epoch=self.steps_per_epoch,
-            shuffle=False,
-            callbacks=[self, *callbacks],
-            verbose=0,
-            **fit_args,
-        )
 
 
 def encode_labels(target: pd.Series, schema: Schema) -> np.ndarray:
