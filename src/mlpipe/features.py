@@ -140,6 +140,7 @@ def h5_custom_objects() -> dict[str, type]:
     """What `keras.saving.load_model` needs to read the legacy HDF5 export: that format names
     the operations of `impute_standardize` by class, and Keras looks classes up among layers
     only. The `.keras` file and the SavedModel need nothing."""
+    from keras.src.ops import core
     from keras.src.ops import numpy as operations
 
     return {
@@ -150,10 +151,7 @@ def h5_custom_objects() -> dict[str, type]:
             operations.Subtract,
             operations.Divide,
             operations.Clip,
-            operations.Sqrt,
-            operations.Square,
-            operations.Add,
-            operations.Cast,
+            core.Cast,
         )
     }
 
