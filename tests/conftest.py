@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from mlpipe import dataset
@@ -59,3 +61,19 @@ def digits():
 def prepared_dir(tmp_path, digits) -> Path:
     """A folder laid out as the prepare stage writes it."""
     return write_prepared(tmp_path / "prepared", digits)
+
+
+def predict_in_plain_keras(script: str, keras_file: Path, inputs: dict) -> np.ndarray:
+    """Run `script` (which reads `keras_file` from argv[1] and the inputs as JSON on stdin, and
+    prints its predictions as JSON) in a Python where mlpipe cannot be imported."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", script, str(keras_file)],
+        input=json.dumps({name: values.tolist() for name, values in inputs.items()}),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=keras_file.parent,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return np.array(json.loads(result.stdout.splitlines()[-1]), dtype=np.float32)

@@ -1,17 +1,12 @@
 """The tabular options of the model: robust scaling, periodic embeddings, categorical
 embeddings, the ensemble, the standardized target, and monitoring ROC AUC."""
 
-import json
-import os
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import tiny_params
+from conftest import predict_in_plain_keras, tiny_params
 from mlpipe import dataset, features
 from mlpipe.modeling import encodings, models
 from mlpipe.params import DataParams, ModelParams, ParamsError, parse_params
@@ -189,15 +184,5 @@ def test_tabular_model_trains_on_auc_and_exports_for_plain_keras_and_onnx(tmp_pa
         "x = {k: tf.constant(v, 'string' if k == 'city' else 'float32') for k, v in raw.items()}\n"
         "print(json.dumps(m.predict(x, verbose=0).tolist()))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run(
-        [sys.executable, "-I", "-c", script, str(out / export.KERAS_FILE)],
-        input=json.dumps({k: v.tolist() for k, v in inputs.items()}),
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=out,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    got = np.array(json.loads(result.stdout.splitlines()[-1]), dtype=np.float32)
+    got = predict_in_plain_keras(script, out / export.KERAS_FILE, inputs)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

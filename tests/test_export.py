@@ -1,6 +1,5 @@
 import hashlib
 import json
-import os
 import subprocess
 import sys
 
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import stage_env, tiny_params
+from conftest import predict_in_plain_keras, stage_env, tiny_params
 from mlpipe import features
 from mlpipe.modeling import models
 from mlpipe.schema import read_schema, read_splits, split_path
@@ -118,17 +117,7 @@ print(json.dumps(model.predict(inputs, batch_size=32, verbose=0).tolist()))
 def test_the_keras_file_loads_with_plain_keras_and_predicts_the_same(exported):
     model, out, _, inputs, _ = exported
     # A process where mlpipe cannot be imported: Keras alone must read the file.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run(
-        [sys.executable, "-I", "-c", PLAIN_KERAS, str(out / export.KERAS_FILE)],
-        input=json.dumps({name: values.tolist() for name, values in inputs.items()}),
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=out,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    got = np.array(json.loads(result.stdout.splitlines()[-1]), dtype=np.float32)
+    got = predict_in_plain_keras(PLAIN_KERAS, out / export.KERAS_FILE, inputs)
     np.testing.assert_array_equal(got, features.predict(model, inputs, 32))
 
 
