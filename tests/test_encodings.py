@@ -12,7 +12,7 @@ from mlpipe.modeling import encodings, models
 from mlpipe.params import DataParams, ModelParams, ParamsError, parse_params
 from mlpipe.schema import Schema
 from mlpipe.serving import export
-from mlpipe.training import fit, losses
+from mlpipe.training import fit, losses, members
 from mlpipe.util import files, runtime
 
 TABULAR = {
@@ -186,3 +186,70 @@ def test_tabular_model_trains_on_auc_and_exports_for_plain_keras_and_onnx(tmp_pa
     )
     got = predict_in_plain_keras(script, out / export.KERAS_FILE, inputs)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "loss, y_true, y_pred",
+    [
+        ("mse", [[1.0], [3.0]], [[[0.0], [2.0]], [[3.0], [5.0]]]),
+        ("binary_crossentropy", [[1.0], [0.0]], [[[0.9], [0.6]], [[0.2], [0.7]]]),
+        (
+            "sparse_categorical_crossentropy",
+            [2, 0],
+            [[[0.1, 0.2, 0.7], [0.3, 0.3, 0.4]], [[0.5, 0.25, 0.25], [0.9, 0.05, 0.05]]],
+        ),
+    ],
+)
+def test_member_loss_is_the_mean_of_each_members_own_loss(loss, y_true, y_pred):
+    y_true, y_pred = np.array(y_true), np.array(y_pred, "float32")
+    got = keras.ops.convert_to_numpy(members.MemberLoss(loss).call(y_true, y_pred))
+    fn = keras.losses.get(loss)
+    each = [keras.ops.convert_to_numpy(fn(y_true, y_pred[:, m])) for m in range(2)]
+    np.testing.assert_allclose(got, np.mean(each, axis=0), rtol=1e-6)
+    if loss == "mse":  # (1 + 1) / 2 and (0 + 4) / 2, by hand
+        np.testing.assert_allclose(got, [1.0, 2.0])
+
+
+def test_member_metrics_score_the_members_mean():
+    rmse = members.MemberMean(keras.metrics.RootMeanSquaredError(name="rmse"))
+    rmse.update_state(np.array([[1.0], [3.0]]), np.array([[[0.0], [2.0]], [[3.0], [5.0]]]))
+    assert rmse.name == "rmse"
+    assert float(rmse.result()) == pytest.approx(np.sqrt((0.0**2 + 1.0**2) / 2))
+    accuracy = members.metric_objects(schema_of(mixed(), "classification"), ["accuracy"])[0]
+    # Member probabilities 0.9 and 0.2: each alone would say 1 and 0, their mean (0.55) says 1.
+    accuracy.update_state(np.array([[1.0]]), np.array([[[0.9], [0.2]]]))
+    assert float(accuracy.result()) == 1.0
+
+
+@pytest.mark.slow
+def test_ensemble_members_train_on_their_own_losses_and_early_stopping_watches_their_mean(
+    tmp_path,
+):
+    frame = mixed(n=160)
+    schema = schema_of(frame)
+    splits = {"train": frame.iloc[:100], "valid": frame.iloc[100:130], "test": frame.iloc[130:]}
+    cfg = {**TABULAR, "standardize_target": True}
+    params = tiny_params(model=cfg, train={"monitor": "val_rmse", "epochs": 4})
+    runtime.seed_everything(params.seed)
+    model = models.build_model(params.model, schema, splits["train"])
+    view = members.members_view(models.split_model(model)[1])
+    assert view is not None and view.output_shape == (None, 3, 1)
+    single = models.split_model(build(frame, schema, hidden_units=[4]))[1]
+    assert members.members_view(single) is None
+    best, summary = fit.train(
+        model,
+        params.train,
+        dict(splits),
+        schema,
+        fit.RunDirs.inside(tmp_path / "run"),
+        seed=params.seed,
+        learning_rate=0.01,
+    )
+    # The checkpointed value is the RMSE of the saved model's (the members' mean) predictions,
+    # in the target's unit: the view's metric is the ensemble's, rescaled.
+    predicted = features.predict(best, features.model_inputs(splits["valid"], schema), 32)
+    rmse = np.sqrt(np.mean((predicted.ravel() - splits["valid"]["y"].to_numpy()) ** 2))
+    assert summary["best_monitor_value"] == pytest.approx(rmse, rel=1e-4)
+    # The members differ: each kept its own output layer, trained on its own loss.
+    heads = models.split_model(best)[1].get_layer("ensemble_output").kernel.numpy()
+    assert not np.allclose(heads[0], heads[1])

@@ -91,7 +91,8 @@ def build_tabular_core(
     `ensemble_size` k > 1, TabM-mini (Gorishniy et al. 2025): k members that share the hidden
     layers, each scaling the encoded features by its own vector (initialised to random signs)
     and with its own output layer; the prediction is the members' mean (of probabilities for
-    classification), and the loss is that of the mean."""
+    classification). Training sees each member's output, `ensemble_output`, and trains each on
+    its own loss (training.members)."""
     x = keras.Input(shape=(n_features,), name="features")
     z = encode_features(x, cfg, n_numeric, slots)
     k = cfg.ensemble_size

@@ -24,7 +24,7 @@ from mlpipe import features
 from mlpipe.modeling import models
 from mlpipe.params import TrainParams
 from mlpipe.schema import Schema
-from mlpipe.training import losses, optimizers
+from mlpipe.training import losses, members, optimizers
 from mlpipe.training.batches import ShuffledBatches, steps
 from mlpipe.training.callbacks import (
     AtomicCheckpoint,
@@ -130,13 +130,15 @@ def train(
         steps_per_epoch = steps(len(xy["train"][1]), cfg.batch_size)
         xy = losses.label_outputs(xy, outputs)
     del splits  # frees the tables unless the caller keeps them (the train stage does not)
+    # An ensemble trains each member on its own loss, through a view of the same weights
+    trained = members.members_view(network) or network
     with cluster.scope():
-        compile_model(network, cfg, schema, learning_rate, steps_per_epoch, cluster.strategy)
+        compile_model(trained, cfg, schema, learning_rate, steps_per_epoch, cluster.strategy)
 
     key = fingerprint(cfg, seed, learning_rate, input_files)
     try:
         summary = fit_network(
-            network, cfg, xy, dirs, seed, key, sample_weight, class_weight, cluster
+            trained, cfg, xy, dirs, seed, key, sample_weight, class_weight, cluster
         )
     except TrainingDiverged:
         # Nothing of a diverged run is worth resuming, or showing.
@@ -147,7 +149,7 @@ def train(
     except KeyboardInterrupt:
         log.warning("rerun to resume from the last completed epoch, kept in %s", dirs.backup)
         raise
-    network.load_weights(dirs.checkpoint)
+    trained.load_weights(dirs.checkpoint)
     dirs.checkpoint.unlink()
     log.info(
         "best epoch %d of %d: %s=%.4f",
@@ -182,13 +184,17 @@ def compile_model(
     strategy: object = None,
 ) -> None:
     """The optimizer at `learning_rate` under train.lr_schedule, and a loss and metric set per
-    output (`losses.output_losses`). Under a tf.distribute `strategy`, one batch per call:
+    output (`losses.output_losses`); for an ensemble's `members.members_view`, each member's
+    loss and the metrics of their mean. Under a tf.distribute `strategy`, one batch per call:
     Keras fails on more there (keras-team/keras#19246)."""
     outputs = models.output_names(model)
     loss, loss_weights = losses.output_losses(train.loss_weights, schema, outputs)
     metrics = losses.loss_and_metrics(schema, train.monitor)[1]
     if len(outputs) > 1:  # own objects per output
         metrics = {name: losses.loss_and_metrics(schema, train.monitor)[1] for name in outputs}
+    elif model.name.endswith(members.VIEW_SUFFIX):
+        assert isinstance(loss, str)
+        loss, metrics = members.MemberLoss(loss), members.metric_objects(schema, metrics)
     rate = optimizers.schedule(train, learning_rate, steps_per_epoch)
     model.compile(
         optimizer=optimizers.build_optimizer(train.optimizer, rate),

@@ -101,7 +101,7 @@ def find_learning_rate(
     """
     from mlpipe import features
     from mlpipe.modeling import models
-    from mlpipe.training import losses, optimizers
+    from mlpipe.training import losses, members, optimizers
     from mlpipe.util import runtime
 
     preprocessor, network = models.split_model(model)
@@ -111,6 +111,10 @@ def find_learning_rate(
     y = features.encode_target(frame[schema.target], schema)
     x, y = losses.label_outputs({"train": (x, y)}, outputs)["train"]
     loss, output_weights = losses.output_losses(loss_weights, schema, outputs)
+    view = members.members_view(network)  # an ensemble: the loss that training minimizes
+    if view is not None:
+        assert isinstance(loss, str)
+        network, loss = view, members.MemberLoss(loss)
 
     runtime.seed_everything(seed)
     steps = epoch_steps(len(frame), batch_size) if cfg.steps == "epoch" else cfg.steps
