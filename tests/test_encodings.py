@@ -76,6 +76,27 @@ def test_robust_scaling_uses_median_and_quartiles_and_clips_smoothly():
     assert out[0, 0] == 0.0 and out[2, 0] == 0.0  # the median, and missing imputed to it
 
 
+def test_quantile_encoding_maps_training_quantiles_to_the_normals():
+    rng = np.random.default_rng(0)
+    skewed = rng.lognormal(0, 2, 5000)
+    train = pd.DataFrame({"a": skewed, "zeros": np.where(np.arange(5000) < 2000, 0.0, skewed)})
+    train["c"] = 5.0
+    knots = features.quantile_knots(train, ["a", "zeros", "c"])
+    x = np.column_stack([train["a"], train["zeros"], train["c"]]).astype("f4")
+    out = np.asarray(features.quantile_normal(keras.ops.convert_to_tensor(x), knots))
+    # A skewed column comes out about standard normal, in the order it went in.
+    assert abs(out[:, 0].mean()) < 0.01 and out[:, 0].std() == pytest.approx(1.0, abs=0.03)
+    assert (np.diff(out[np.argsort(x[:, 0]), 0]) >= 0).all()
+    # The tie at 0 fills 40% of the rows: it maps to the normal's quantile at 20%, the middle.
+    assert out[0, 1] == pytest.approx(-0.8416, abs=0.01)
+    assert (out[:, 2] == 0.0).all()  # a constant column: one knot, at the median level
+    # Beyond the training range: the end knots; missing: the median, so 0.
+    extremes = np.array([[-1e9, 1e9, 5.0], [np.nan, np.nan, np.nan]], "f4")
+    out = np.asarray(features.quantile_normal(keras.ops.convert_to_tensor(extremes), knots))
+    assert out[0, :2] == pytest.approx([-3.0902, 3.0902], abs=1e-3)
+    assert np.abs(out[1]).max() < 0.02
+
+
 def test_embeddings_give_unseen_and_missing_their_own_slots():
     frame = mixed()
     frame.loc[:2, "city"] = "a"  # no missing value in training
@@ -150,12 +171,15 @@ def test_val_auc_is_monitored_upwards_for_two_classes_only():
 
 
 @pytest.mark.slow
-def test_tabular_model_trains_on_auc_and_exports_for_plain_keras_and_onnx(tmp_path):
+@pytest.mark.parametrize("numeric", ["periodic", "quantile"])
+def test_tabular_model_trains_on_auc_and_exports_for_plain_keras_and_onnx(tmp_path, numeric):
     frame = mixed(n=120, task="classification")
     schema = schema_of(frame, "classification")
     splits = {"train": frame.iloc[:80], "valid": frame.iloc[80:100], "test": frame.iloc[100:]}
     params = tiny_params(
-        model=TABULAR, train={"monitor": "val_auc", "epochs": 3}, export={"onnx": True}
+        model={**TABULAR, "numeric_encoding": numeric},
+        train={"monitor": "val_auc", "epochs": 3},
+        export={"onnx": True},
     )
     runtime.seed_everything(params.seed)
     model = models.build_model(params.model, schema, splits["train"])

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import run_stage, tiny_params
+from mlpipe import stream_stats
 from mlpipe.dataset_stream import prepare_sharded
 from mlpipe.features import numeric_stats, robust_stats, vocabulary
 from mlpipe.schema import SPLITS, read_schema, write_record
@@ -152,6 +153,22 @@ def test_streamed_robust_statistics_match_the_in_memory_ones(prepared):
         rank = np.searchsorted(present, streamed["median"][i]) / len(present)
         assert abs(rank - 0.5) < 0.005, name
         assert streamed["std"][i] == pytest.approx(exact["std"][i], rel=0.02), name
+
+
+def test_streamed_quantiles_come_from_a_sample_of_every_kth_row(prepared, monkeypatch):
+    """model.numeric_encoding quantile: exact on a split of at most QUANTILE_SAMPLE rows, from
+    every k-th row of a larger one."""
+    train = read_split(prepared, "train")
+    levels = [0.0, 0.1, 0.25, 0.5, 0.9, 1.0]
+    stats = ShardStats(ShardedSplit.of(prepared, "train"))
+    for name, quantiles in zip(["x0", "x1"], stats.quantiles(["x0", "x1"], levels), strict=True):
+        present = train[name].dropna().to_numpy(dtype=np.float64)
+        np.testing.assert_allclose(quantiles, np.quantile(present, levels))
+    monkeypatch.setattr(stream_stats, "QUANTILE_SAMPLE", len(train) // 3)
+    for name, quantiles in zip(["x0", "x1"], stats.quantiles(["x0", "x1"], levels), strict=True):
+        present = np.sort(train[name].dropna().to_numpy(dtype=np.float64))
+        ranks = np.searchsorted(present, quantiles[1:-1]) / len(present)
+        assert np.abs(ranks - levels[1:-1]).max() < 0.03, name
 
 
 def test_an_empty_folder_is_refused(tmp_path):

@@ -8,6 +8,7 @@ training split only, and is stored in the layers, so the exported model takes ra
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -15,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import tensorflow as tf
 from keras import ops
+from scipy.special import ndtri
 
 from mlpipe.schema import Feature, Schema, encode_target
 from mlpipe.stream_stats import ShardStats
@@ -25,6 +27,10 @@ PREPROCESS = "preprocess"
 TRANSFORM_BATCH = 8192
 # Robust scaling's smooth clipping bound (RealMLP's 3).
 SMOOTH_CLIP = 3.0
+# The quantile encoding: training quantiles at this many + 1 evenly spaced levels, mapped to the
+# standard normal's, whose tails are cut at QUANTILE_TAIL (so within +/- 3.09).
+QUANTILE_LEVELS = 128
+QUANTILE_TAIL = 1e-3
 
 
 # Rows to model inputs
@@ -136,6 +142,18 @@ def impute_standardize(
     return x
 
 
+def quantile_normal(x: keras.KerasTensor, knots: QuantileKnots) -> keras.KerasTensor:
+    """Missing values become the training median; then each column goes through the
+    piecewise-linear map from its training quantiles to the standard normal's (`knots`):
+    z_0 + sum over bins t of clip((x - left_t) / width_t, 0, 1) * rise_t. Values beyond the
+    training range stay at the end knots, within +/- QUANTILE_Z. Keras operations only, as in
+    `impute_standardize`."""
+    x = ops.where(ops.isnan(x), np.asarray(knots.median, dtype=np.float32), x)
+    bins = ops.divide(ops.subtract(ops.expand_dims(x, -1), knots.left), knots.width)
+    rises = ops.multiply(ops.clip(bins, 0.0, 1.0), knots.rise)
+    return ops.add(ops.sum(rises, axis=-1), knots.start)
+
+
 def h5_custom_objects() -> dict[str, type]:
     """What `keras.saving.load_model` needs to read the legacy HDF5 export: that format names
     the operations of `impute_standardize` by class, and Keras looks classes up among layers
@@ -193,6 +211,63 @@ def robust_stats(train: pd.DataFrame | ShardStats, names: list[str]) -> dict[str
         stats["mean"].append(median)
         stats["std"].append(scale)
     return stats
+
+
+@dataclass(frozen=True)
+class QuantileKnots:
+    """Per numeric column (rows), the bins of `quantile_normal`, padded to the same number
+    (a padding bin rises by 0): left edges, widths and rises, float32 (n, bins); the start z_0
+    and the median, (n,)."""
+
+    median: np.ndarray
+    start: np.ndarray
+    left: np.ndarray
+    width: np.ndarray
+    rise: np.ndarray
+
+
+def quantile_knots(train: pd.DataFrame | ShardStats, names: list[str]) -> QuantileKnots:
+    """The knots of the map from each column's training quantiles at QUANTILE_LEVELS + 1
+    evenly spaced levels to the standard normal's quantiles at those levels, whose tails are
+    cut at QUANTILE_TAIL. Quantiles shared by tied values merge into one knot at their mean
+    level, so a value that fills 30% of a column maps to the middle of its share."""
+    levels = np.linspace(0.0, 1.0, QUANTILE_LEVELS + 1)
+    if isinstance(train, ShardStats):
+        columns = [np.asarray(q, dtype=np.float64) for q in train.quantiles(names, list(levels))]
+    else:
+        columns = []
+        for name in names:
+            x = to_numeric(train[name], "train split").astype(np.float64)
+            present = x[~np.isnan(x)]
+            columns.append(np.quantile(present, levels) if len(present) else np.zeros(1))
+    median, start, left, width, rise = [], [], [], [], []
+    for quantiles in columns:
+        if len(quantiles) != len(levels):  # missing in every row: 0, the median level
+            quantiles = np.zeros(len(levels))
+        edges, which = np.unique(quantiles, return_inverse=True)
+        mean_level = np.bincount(which, levels) / np.bincount(which)
+        z = ndtri(np.clip(mean_level, QUANTILE_TAIL, 1 - QUANTILE_TAIL))
+        median.append(quantiles[QUANTILE_LEVELS // 2])
+        start.append(z[0])
+        left.append(edges[:-1])
+        width.append(np.diff(edges))
+        rise.append(np.diff(z))
+    bins = max(len(edges) for edges in left) or 1
+
+    def padded(rows: list[np.ndarray], fill: float) -> np.ndarray:
+        """(columns, bins) float32; a padding bin rises by 0."""
+        return np.array(
+            [np.pad(row, (0, bins - len(row)), constant_values=fill) for row in rows],
+            dtype=np.float32,
+        ).reshape(len(rows), bins)
+
+    return QuantileKnots(
+        median=np.array(median, dtype=np.float32),
+        start=np.array(start, dtype=np.float32),
+        left=padded(left, 0.0),
+        width=padded(width, 1.0),
+        rise=padded(rise, 0.0),
+    )
 
 
 def vocabulary(train: pd.DataFrame | ShardStats, name: str) -> list[str]:
@@ -260,13 +335,18 @@ def encode(
             else inputs[numeric[0].input]
         )
         names = [f.name for f in numeric]
-        if numeric_encoding == "standardize":
-            stats, smooth = numeric_stats(train, names), None
+        if numeric_encoding == "quantile":
+            parts.append(quantile_normal(joined, quantile_knots(train, names)))
         else:
-            stats, clip, smooth = robust_stats(train, names), None, SMOOTH_CLIP
-        parts.append(
-            impute_standardize(joined, stats["median"], stats["mean"], stats["std"], clip, smooth)
-        )
+            if numeric_encoding == "standardize":
+                stats, smooth = numeric_stats(train, names), None
+            else:  # robust, and periodic, which embeds the robust values in the network
+                stats, clip, smooth = robust_stats(train, names), None, SMOOTH_CLIP
+            parts.append(
+                impute_standardize(
+                    joined, stats["median"], stats["mean"], stats["std"], clip, smooth
+                )
+            )
     for feature in features:
         if feature.kind != "categorical":
             continue

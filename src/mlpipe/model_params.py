@@ -64,11 +64,12 @@ class ModelParams(Section):
     residual_blocks: int = Field(
         0, ge=0, description="subclass: residual blocks after the hidden layers, looped in call()."
     )
-    numeric_encoding: Literal["standardize", "robust", "periodic"] = Field(
+    numeric_encoding: Literal["standardize", "robust", "quantile", "periodic"] = Field(
         "standardize",
         description="standardize: (x - mean) / std, clipped to clip_inputs; robust: (x - median) "
-        "/ quantile range, smoothly clipped (RealMLP); periodic: robust, then learned periodic "
-        "embeddings per feature (PLR).",
+        "/ quantile range, smoothly clipped (RealMLP); quantile: the training quantiles mapped "
+        "to the standard normal's; periodic: robust, then learned periodic embeddings per "
+        "feature (PLR).",
     )
     periodic: PeriodicParams = PeriodicParams()
     categorical_encoding: Literal["one_hot", "embedding"] = Field(
