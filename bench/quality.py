@@ -48,7 +48,9 @@ BASE: dict[str, Any] = {
     "train": RECIPE["train"],
 }
 ADDED: dict[str, dict[str, Any]] = {
+    "glorot": {"kernel_initializer": "glorot_uniform"},
     "robust": {"numeric_encoding": "robust"},
+    "quantile": {"numeric_encoding": "quantile"},
     "periodic": {"numeric_encoding": "periodic"},
     "embedding": {"categorical_encoding": "embedding"},
     "ensemble": {"ensemble_size": 8},
