@@ -49,7 +49,7 @@ def test_params_check_the_tabular_options():
     assert params.model.periodic.sigma == 0.1
     assert params.train.monitor == "val_auc"
     with pytest.raises(ParamsError, match="numeric_encoding"):
-        parse_params({"model": {"numeric_encoding": "quantile"}})
+        parse_params({"model": {"numeric_encoding": "piecewise_linear"}})
     with pytest.raises(ParamsError, match="apply to api sequential"):
         parse_params({"model": {"api": "functional", "ensemble_size": 2}})
     with pytest.raises(ParamsError, match="ensemble_size"):
