@@ -42,7 +42,9 @@ CALIFORNIA = ROOT / "data/raw/california_housing.csv"
 RECIPE = yaml.safe_load((ROOT / "examples/tabular.yaml").read_text())
 
 # The ablation: `base` is the default MLP trained and sized as in the recipe (its train
-# section, hidden units and dropout), and each piece of the recipe is added to it alone.
+# section, hidden units and dropout), and each piece of the recipe is added to it alone
+# (`base+<piece>`); `recipe-<piece>` is the recipe with that piece set back to the default,
+# since pieces can pay only together.
 BASE: dict[str, Any] = {
     "model": {k: RECIPE["model"][k] for k in ("hidden_units", "dropout")},
     "train": RECIPE["train"],
@@ -63,7 +65,18 @@ PIECES: dict[str, dict[str, Any]] = {
         for name, piece in ADDED.items()
     },
 }
-MLPIPE_MODELS = {"default": {}, "recipe": RECIPE, **PIECES}
+# Each piece of the recipe, and the default it replaces.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "quantile": {"numeric_encoding": "standardize"},
+    "glorot": {"kernel_initializer": "he_normal"},
+    "embedding": {"categorical_encoding": "one_hot"},
+    "std_target": {"standardize_target": False},
+}
+WITHOUT: dict[str, dict[str, Any]] = {
+    f"recipe-{name}": {"model": {**RECIPE["model"], **default}, "train": RECIPE["train"]}
+    for name, default in DEFAULTS.items()
+}
+MLPIPE_MODELS = {"default": {}, "recipe": RECIPE, **PIECES, **WITHOUT}
 OTHER_MODELS = ("sklearn_mlp", "hgb")
 
 
