@@ -44,6 +44,19 @@ def build(frame, schema, seed=3, **model):
     return models.build_model(ModelParams(**model), schema, frame)
 
 
+def train_at(model, params, schema, splits, folder):
+    """fit.train as the train stage calls it, at rate 0.01: (best model, run summary)."""
+    return fit.train(
+        model,
+        params.train,
+        dict(splits),
+        schema,
+        fit.RunDirs.inside(folder),
+        seed=params.seed,
+        learning_rate=0.01,
+    )
+
+
 def test_params_check_the_tabular_options():
     params = parse_params({"model": TABULAR, "train": {"monitor": "val_auc"}})
     assert params.model.periodic.sigma == 0.1
@@ -183,15 +196,7 @@ def test_tabular_model_trains_on_auc_and_exports_for_plain_keras_and_onnx(tmp_pa
     )
     runtime.seed_everything(params.seed)
     model = models.build_model(params.model, schema, splits["train"])
-    best, summary = fit.train(
-        model,
-        params.train,
-        dict(splits),
-        schema,
-        fit.RunDirs.inside(tmp_path / "run"),
-        seed=params.seed,
-        learning_rate=0.01,
-    )
+    best, summary = train_at(model, params, schema, splits, tmp_path / "run")
     assert summary["monitor"] == "val_auc"
     assert 0.5 <= summary["best_monitor_value"] <= 1.0
     out = tmp_path / "export"
@@ -260,15 +265,7 @@ def test_ensemble_members_train_on_their_own_losses_and_early_stopping_watches_t
     assert view is not None and view.output_shape == (None, 3, 1)
     single = models.split_model(build(frame, schema, hidden_units=[4]))[1]
     assert members.members_view(single) is None
-    best, summary = fit.train(
-        model,
-        params.train,
-        dict(splits),
-        schema,
-        fit.RunDirs.inside(tmp_path / "run"),
-        seed=params.seed,
-        learning_rate=0.01,
-    )
+    best, summary = train_at(model, params, schema, splits, tmp_path / "run")
     # The checkpointed value is the RMSE of the saved model's (the members' mean) predictions,
     # in the target's unit: the view's metric is the ensemble's, rescaled.
     predicted = features.predict(best, features.model_inputs(splits["valid"], schema), 32)
