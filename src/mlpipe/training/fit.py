@@ -192,7 +192,7 @@ def compile_model(
     metrics = losses.loss_and_metrics(schema, train.monitor)[1]
     if len(outputs) > 1:  # own objects per output
         metrics = {name: losses.loss_and_metrics(schema, train.monitor)[1] for name in outputs}
-    elif model.name.endswith(members.VIEW_SUFFIX):
+    elif members.is_members_view(model):
         assert isinstance(loss, str)
         loss, metrics = members.MemberLoss(loss), members.metric_objects(schema, metrics)
     rate = optimizers.schedule(train, learning_rate, steps_per_epoch)

@@ -37,6 +37,11 @@ def members_view(core: keras.Model) -> keras.Model | None:
     return keras.Model(core.inputs, members, name=core.name + VIEW_SUFFIX)
 
 
+def is_members_view(model: keras.Model) -> bool:
+    """Whether `model` is a view made by `members_view`."""
+    return model.name.endswith(VIEW_SUFFIX)
+
+
 def _has_layer(model: keras.Model, name: str) -> bool:
     return any(layer.name == name for layer in model.layers)
 
