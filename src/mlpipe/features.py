@@ -146,8 +146,8 @@ def quantile_normal(x: keras.KerasTensor, knots: QuantileKnots) -> keras.KerasTe
     """Missing values become the training median; then each column goes through the
     piecewise-linear map from its training quantiles to the standard normal's (`knots`):
     z_0 + sum over bins t of clip((x - left_t) / width_t, 0, 1) * rise_t. Values beyond the
-    training range stay at the end knots, within +/- QUANTILE_Z. Keras operations only, as in
-    `impute_standardize`."""
+    training range stay at the end knots, within +/- 3.09 (QUANTILE_TAIL). Keras operations
+    only, as in `impute_standardize`."""
     x = ops.where(ops.isnan(x), np.asarray(knots.median, dtype=np.float32), x)
     bins = ops.divide(ops.subtract(ops.expand_dims(x, -1), knots.left), knots.width)
     rises = ops.multiply(ops.clip(bins, 0.0, 1.0), knots.rise)
