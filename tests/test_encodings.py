@@ -15,11 +15,12 @@ from mlpipe.serving import export
 from mlpipe.training import fit, losses, members
 from mlpipe.util import files, runtime
 
+PERIODIC = {"frequencies": 4, "width": 3}
 TABULAR = {
     "numeric_encoding": "periodic",
     "categorical_encoding": "embedding",
     "ensemble_size": 3,
-    "periodic": {"frequencies": 4, "width": 3},
+    "periodic": PERIODIC,
     "hidden_units": [8],
 }
 
@@ -135,6 +136,15 @@ def test_periodic_embedding_has_per_feature_frequencies_and_linear_maps():
     assert core.get_layer("periodic_frequencies").kernel.shape == (2, 4)
     assert core.get_layer("periodic_linear").kernel.shape == (2, 8, 3)
     assert core.get_layer("periodic").output.shape == (None, 6)
+    # What the embeddings read: the robust-scaled features, or with periodic.scaling quantile
+    # the quantile encoding's output.
+    inputs = features.tensors(features.model_inputs(frame, schema_of(frame)))
+    for scaling in ("robust", "quantile"):
+        cfg = {**TABULAR, "periodic": {**PERIODIC, "scaling": scaling}}
+        read = models.split_model(build(frame, schema_of(frame), **cfg))[0](inputs)
+        alone = {**TABULAR, "numeric_encoding": scaling}
+        expected = models.split_model(build(frame, schema_of(frame), **alone))[0](inputs)
+        np.testing.assert_array_equal(np.asarray(read), np.asarray(expected))
 
 
 def test_ensemble_predicts_the_members_mean():
@@ -154,6 +164,40 @@ def test_ensemble_predicts_the_members_mean():
     again = build(frame, schema, **TABULAR)
     for a, b in zip(model.get_weights(), again.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_independent_members_are_separate_mlps_initialised_at_their_own_scale():
+    frame = mixed(n=400)
+    schema = schema_of(frame)
+    cfg = {**TABULAR, "numeric_encoding": "standardize", "ensemble_weights": "independent"}
+    cfg.update(hidden_units=[200, 100], kernel_initializer="glorot_uniform", ensemble_size=4)
+    model = build(frame, schema, **cfg)
+    _, core = models.split_model(model)
+    assert not any(layer.name == "ensemble_adapter" for layer in core.layers)
+    hidden = [core.get_layer(f"hidden_{i}") for i in (1, 2)]
+    kernels = [layer.kernel.numpy() for layer in hidden]
+    biases = [layer.bias.numpy() for layer in hidden]
+    width = kernels[0].shape[1]
+    assert kernels[0].shape == (4, width, 200) and kernels[1].shape == (4, 200, 100)
+    # Glorot-uniform per member: limit sqrt(6 / (fan_in + fan_out)), not the members' total.
+    for kernel in kernels:
+        limit = np.sqrt(6 / (kernel.shape[1] + kernel.shape[2]))
+        assert limit * 0.95 < np.abs(kernel).max() <= limit
+        assert not np.allclose(kernel[0], kernel[1])
+    # Member m's output is the MLP of its own weights alone.
+    x = features.transform(models.split_model(model)[0], frame, schema).numpy()
+    heads = core.get_layer("ensemble_output")
+    w_out, b_out = heads.kernel.numpy(), heads.bias.numpy()
+    got = keras.Model(core.input, heads.output).predict(x, verbose=0)
+    z = core.get_layer("encoded").output
+    encoded = keras.Model(core.input, z).predict(x, verbose=0)
+    for m in range(4):
+        h = encoded
+        for kernel, bias in zip(kernels, biases, strict=True):
+            h = np.maximum(h @ kernel[m] + bias[m], 0)
+        np.testing.assert_allclose(got[:, m], h @ w_out[m] + b_out[m], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ParamsError, match="batch_norm"):
+        parse_params({"model": {**cfg, "batch_norm": True}})
 
 
 def test_standardized_target_maps_back_to_the_unit_of_the_target():
@@ -184,13 +228,24 @@ def test_val_auc_is_monitored_upwards_for_two_classes_only():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("numeric", ["periodic", "quantile"])
-def test_tabular_model_trains_on_auc_and_exports_for_plain_keras_and_onnx(tmp_path, numeric):
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"numeric_encoding": "periodic"},
+        {"numeric_encoding": "quantile"},
+        {
+            "periodic": {**PERIODIC, "scaling": "quantile"},
+            "ensemble_weights": "independent",
+        },
+    ],
+    ids=["periodic", "quantile", "periodic_of_quantiles_independent"],
+)
+def test_tabular_model_trains_on_auc_and_exports_for_plain_keras_and_onnx(tmp_path, settings):
     frame = mixed(n=120, task="classification")
     schema = schema_of(frame, "classification")
     splits = {"train": frame.iloc[:80], "valid": frame.iloc[80:100], "test": frame.iloc[100:]}
     params = tiny_params(
-        model={**TABULAR, "numeric_encoding": numeric},
+        model={**TABULAR, **settings},
         train={"monitor": "val_auc", "epochs": 3},
         export={"onnx": True},
     )

@@ -296,8 +296,9 @@ def build_preprocessor(
     standardized and clipped, categorical columns one-hot encoded with a bucket for unseen
     values.
 
-    `numeric` "robust" (or "periodic", whose learned part is in the network) scales by the
-    median and interquartile range and clips smoothly instead; `categorical` "embedding" gives
+    `numeric` "robust" scales by the median and interquartile range and clips smoothly
+    instead, "quantile" maps the training quantiles to the normal's (the network's periodic
+    embeddings read one of these); `categorical` "embedding" gives
     each categorical column as one number, its index (0 unseen, then the vocabulary, missing
     always included), for the network's embeddings. Numeric columns come first.
 
@@ -340,7 +341,7 @@ def encode(
         else:
             if numeric_encoding == "standardize":
                 stats, smooth = numeric_stats(train, names), None
-            else:  # robust, and periodic, which embeds the robust values in the network
+            else:  # robust
                 stats, clip, smooth = robust_stats(train, names), None, SMOOTH_CLIP
             parts.append(
                 impute_standardize(

@@ -15,11 +15,17 @@ from mlpipe.util.validation import Section
 
 class PeriodicParams(Section):
     """PLR embeddings (Gorishniy et al. 2022): per numeric feature, `frequencies` learned
-    frequencies c ~ N(0, sigma), [sin(2 pi c x), cos(2 pi c x)], a linear map to `width`, ReLU."""
+    frequencies c ~ N(0, sigma), [sin(2 pi c x), cos(2 pi c x)], a linear map to `width`, ReLU,
+    of the feature scaled as `scaling` says."""
 
     frequencies: int = Field(48, gt=0)
     sigma: float = Field(0.1, gt=0)
     width: int = Field(24, gt=0)
+    scaling: Literal["robust", "quantile"] = Field(
+        "robust",
+        description="what the embeddings read: the robust-scaled feature, or its training "
+        "quantiles mapped to the normal's (as in the paper).",
+    )
 
 
 class ModelParams(Section):
@@ -68,8 +74,8 @@ class ModelParams(Section):
         "standardize",
         description="standardize: (x - mean) / std, clipped to clip_inputs; robust: (x - median) "
         "/ quantile range, smoothly clipped (RealMLP); quantile: the training quantiles mapped "
-        "to the standard normal's; periodic: robust, then learned periodic embeddings per "
-        "feature (PLR).",
+        "to the standard normal's; periodic: learned periodic embeddings per feature (PLR) of "
+        "the feature scaled as periodic.scaling says.",
     )
     periodic: PeriodicParams = PeriodicParams()
     categorical_encoding: Literal["one_hot", "embedding"] = Field(
@@ -78,7 +84,13 @@ class ModelParams(Section):
         "0.56)) numbers for n slots (categories, unseen, missing).",
     )
     ensemble_size: int = Field(
-        1, ge=1, description="Members of a TabM-style ensemble sharing the hidden layers."
+        1, ge=1, description="Members of an ensemble inside the model; it predicts their mean."
+    )
+    ensemble_weights: Literal["shared", "independent"] = Field(
+        "shared",
+        description="ensemble_size > 1. shared: the members share the hidden layers, each "
+        "scaling the encoded features by its own vector (TabM-mini); independent: each member "
+        "has its own hidden layers, k MLPs in one graph (TabM's packed ensemble).",
     )
     standardize_target: bool = Field(
         False,
@@ -117,6 +129,12 @@ class ModelParams(Section):
             raise ValueError(
                 f"{', '.join(tabular)} apply to api sequential; the Wide & Deep networks take "
                 "the standardized, one-hot encoded paths. Set api to sequential, or reset them"
+            )
+        if self.ensemble_weights == "independent" and self.batch_norm and self.ensemble_size > 1:
+            raise ValueError(
+                "batch_norm: true with ensemble_weights: independent would share each layer's "
+                "batch statistics between members that share nothing else; set batch_norm to "
+                "false, or ensemble_weights to shared"
             )
         if self.residual_blocks and self.api != "subclass":
             raise ValueError(

@@ -1,6 +1,6 @@
 """The tabular network: learned encodings of the feature matrix (periodic embeddings of the
-numeric columns, embeddings of the categorical ones) and a TabM-style ensemble, in front of and
-around the hidden layers that every API shares.
+numeric columns, embeddings of the categorical ones) and an ensemble whose members share the
+hidden layers (TabM-mini) or each have their own, in front of and around the hidden layers.
 
 Built from Keras's own layers and operations only (EinsumDense, Embedding, sin, cos, slicing),
 so the saved model loads with plain Keras, as the default one does.
@@ -79,6 +79,41 @@ def encode_features(
     return keras.layers.Concatenate(name="encoded")(parts)
 
 
+def member_initializer(name: str) -> keras.initializers.VarianceScaling:
+    """The initializer `name` for a kernel of shape (members, in, out), scaled by each member's
+    fan-in and fan-out: left to itself, EinsumDense would count the members as output units."""
+    base = keras.initializers.get(name)
+    return keras.initializers.VarianceScaling(
+        scale=base.scale,
+        mode=base.mode,
+        distribution=base.distribution,
+        input_axes=[1],
+        output_axes=[2],
+    )
+
+
+def member_hidden_layers(cfg: ModelParams, k: int) -> list[keras.layers.Layer]:
+    """`hidden_units` as k independent MLPs in one graph: `hidden_i` maps (batch, k, in) to
+    (batch, k, out), each member with its own kernel and bias; the first reads the encoded
+    features (batch, in) that every member shares."""
+    layers: list[keras.layers.Layer] = []
+    for i, units in enumerate(cfg.hidden_units, start=1):
+        layers.append(
+            keras.layers.EinsumDense(
+                "bf,kfh->bkh" if i == 1 else "bkf,kfh->bkh",
+                output_shape=(k, units),
+                bias_axes="kh",
+                activation=cfg.activation,
+                kernel_initializer=member_initializer(cfg.kernel_initializer),
+                kernel_regularizer=keras.regularizers.L2(cfg.l2) if cfg.l2 else None,
+                name=f"hidden_{i}",
+            )
+        )
+        if cfg.dropout > 0:
+            layers.append(keras.layers.Dropout(cfg.dropout, name=f"dropout_{i}"))
+    return layers
+
+
 def build_tabular_core(
     cfg: ModelParams,
     schema: Schema,
@@ -87,27 +122,33 @@ def build_tabular_core(
     slots: list[int] | None,
     rescale: keras.layers.Layer | None = None,
 ) -> keras.Model:
-    """A Functional core: encodings, then the hidden layers and the output; with
-    `ensemble_size` k > 1, TabM-mini (Gorishniy et al. 2025): k members that share the hidden
-    layers, each scaling the encoded features by its own vector (initialised to random signs)
-    and with its own output layer; the prediction is the members' mean (of probabilities for
-    classification). Training sees each member's output, `ensemble_output`, and trains each on
-    its own loss (training.members)."""
+    """A Functional core: encodings, then the hidden layers and the output. With
+    `ensemble_size` k > 1, k members, each with its own output layer, and the prediction is
+    their mean (of probabilities for classification). With `ensemble_weights: shared`,
+    TabM-mini (Gorishniy et al. 2025): the members share the hidden layers, each scaling the
+    encoded features by its own vector (initialised to random signs); with `independent`, each
+    has its own hidden layers. Training sees each member's output, `ensemble_output`, and trains
+    each on its own loss (training.members)."""
     x = keras.Input(shape=(n_features,), name="features")
     z = encode_features(x, cfg, n_numeric, slots)
     k = cfg.ensemble_size
     width = z.shape[-1]
-    if k > 1:
-        adapter = keras.layers.EinsumDense(
-            "bf,kf->bkf", output_shape=(k, width), name="ensemble_adapter"
+    adapter = None
+    if k > 1 and cfg.ensemble_weights == "independent":
+        layers = member_hidden_layers(cfg, k)
+    else:
+        if k > 1:
+            adapter = keras.layers.EinsumDense(
+                "bf,kf->bkf", output_shape=(k, width), name="ensemble_adapter"
+            )
+            z = adapter(z)
+        layers = hidden_layers(
+            **cfg.model_dump(
+                include={"hidden_units", "activation", "kernel_initializer", "l2", "dropout"}
+            ),
+            batch_norm=cfg.batch_norm,
         )
-        z = adapter(z)
-    for layer in hidden_layers(
-        **cfg.model_dump(
-            include={"hidden_units", "activation", "kernel_initializer", "l2", "dropout"}
-        ),
-        batch_norm=cfg.batch_norm,
-    ):
+    for layer in layers:
         z = layer(z)
     units, activation = output_spec(schema)
     if k > 1:
@@ -116,6 +157,7 @@ def build_tabular_core(
             output_shape=(k, units),
             bias_axes="ku",
             activation=activation,
+            kernel_initializer=member_initializer("glorot_uniform"),
             name="ensemble_output",
         )(z)
         output = ops.mean(heads, axis=1)
@@ -124,7 +166,7 @@ def build_tabular_core(
     if rescale is not None:
         output = rescale(output)
     core = keras.Model(x, output, name="core")
-    if k > 1:
+    if adapter is not None:
         # Random signs, from NumPy's generator that the build stage seeds.
         signs = np.where(np.random.random((k, width)) < 0.5, -1.0, 1.0).astype("float32")
         adapter.set_weights([signs])

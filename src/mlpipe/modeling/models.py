@@ -151,8 +151,15 @@ def build_model(cfg: ModelParams, schema: Schema, train: pd.DataFrame | ShardSta
     The Sequential core reads one feature matrix; the other two read a wide and a deep one,
     each with its own imputation, standardization and encoding."""
     if cfg.api == "sequential":
+        # Periodic embeddings are in the network; the preprocessor scales what they read.
+        scaling = cfg.periodic.scaling if cfg.numeric_encoding == "periodic" else None
         preprocessor = build_preprocessor(
-            schema, train, cfg.clip_inputs, None, cfg.numeric_encoding, cfg.categorical_encoding
+            schema,
+            train,
+            cfg.clip_inputs,
+            None,
+            scaling or cfg.numeric_encoding,
+            cfg.categorical_encoding,
         )
         width = preprocessor.output.shape[-1]
         rescale = target_rescaling(cfg, schema, train)
