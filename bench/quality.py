@@ -40,6 +40,12 @@ from mlpipe.schema import encode_target  # noqa: E402
 
 CALIFORNIA = ROOT / "data/raw/california_housing.csv"
 RECIPE = yaml.safe_load((ROOT / "examples/tabular.yaml").read_text())
+# The default MLP: the model and train sections of params.yaml, as the pipeline runs them.
+DEFAULT = {
+    k: v
+    for k, v in yaml.safe_load((ROOT / "params.yaml").read_text()).items()
+    if k in ("model", "train")
+}
 
 # The ablation: `base` is the default MLP trained and sized as in the recipe (its train
 # section, hidden units and dropout), and each piece of the recipe is added to it alone
@@ -56,6 +62,7 @@ ADDED: dict[str, dict[str, Any]] = {
     "periodic": {"numeric_encoding": "periodic"},
     "embedding": {"categorical_encoding": "embedding"},
     "ensemble": {"ensemble_size": 8},
+    "ensemble_independent": {"ensemble_size": 4, "ensemble_weights": "independent"},
     "std_target": {"standardize_target": True},
 }
 PIECES: dict[str, dict[str, Any]] = {
@@ -65,9 +72,11 @@ PIECES: dict[str, dict[str, Any]] = {
         for name, piece in ADDED.items()
     },
 }
-# Each piece of the recipe, and the default it replaces.
+# Each piece of the recipe, and what it replaces: the default, or for the periodic embeddings
+# the quantile map they read, and for the quantile map the robust scaling.
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "quantile": {"numeric_encoding": "standardize"},
+    "periodic": {"numeric_encoding": "quantile"},
+    "quantile": {"periodic": {**RECIPE["model"]["periodic"], "scaling": "robust"}},
     "glorot": {"kernel_initializer": "he_normal"},
     "embedding": {"categorical_encoding": "one_hot"},
     "std_target": {"standardize_target": False},
@@ -76,7 +85,7 @@ WITHOUT: dict[str, dict[str, Any]] = {
     f"recipe-{name}": {"model": {**RECIPE["model"], **default}, "train": RECIPE["train"]}
     for name, default in DEFAULTS.items()
 }
-MLPIPE_MODELS = {"default": {}, "recipe": RECIPE, **PIECES, **WITHOUT}
+MLPIPE_MODELS = {"default": DEFAULT, "recipe": RECIPE, **PIECES, **WITHOUT}
 OTHER_MODELS = ("sklearn_mlp", "hgb")
 
 
