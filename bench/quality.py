@@ -78,6 +78,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "periodic": {"numeric_encoding": "quantile"},
     "quantile": {"periodic": {**RECIPE["model"]["periodic"], "scaling": "robust"}},
     "glorot": {"kernel_initializer": "he_normal"},
+    "ensemble": {"ensemble_size": 1, "ensemble_weights": "shared"},
     "embedding": {"categorical_encoding": "one_hot"},
     "std_target": {"standardize_target": False},
 }
