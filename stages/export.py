@@ -34,8 +34,12 @@ def main() -> None:
 
     from mlpipe.modeling import models
     from mlpipe.serving import export
+    from mlpipe.util import runtime
 
     schema = read_schema(args.prepared)
+    # A loaded Dropout layer draws its random-number state from Python's generator, and the
+    # SavedModel stores that state: seeded, the exported bytes repeat.
+    runtime.seed_everything(params.seed)
     model = models.load_model_folder(args.model)
     if is_sharded(args.prepared):  # a few rows of test to check a converted format on
         train: Path | ShardedSplit = ShardedSplit.of(args.prepared, "train")
