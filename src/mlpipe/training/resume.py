@@ -1,9 +1,11 @@
 """Resuming an interrupted training run where it stopped, callbacks included.
 
-Keras's BackupAndRestore restores the weights, the optimizer and the epoch, but EarlyStopping,
-ModelCheckpoint and ReduceLROnPlateau start afresh: patience would reset and the first resumed
-epoch would overwrite a better checkpoint. This subclass saves their state with each backup and
-puts it back on restart, and refuses a backup made by a different run configuration.
+Keras's BackupAndRestore restores the weights, the optimizer and the epoch, but not the state of
+the Dropout layers' random-number generators, and EarlyStopping, ModelCheckpoint and
+ReduceLROnPlateau start afresh: the resumed epochs would drop other units, patience would reset
+and the first resumed epoch would overwrite a better checkpoint. This subclass saves their state
+with each backup and puts it back on restart, and refuses a backup made by a different run
+configuration.
 """
 
 from __future__ import annotations
@@ -100,6 +102,11 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         state = self._resumed
         if state is None:
             return
+        # Dropout draws its masks from generators whose state the weights leave out.
+        generators = state.get("generators")
+        if generators is not None:
+            for variable, value in zip(_generator_states(self.model), generators, strict=True):
+                variable.assign(np.asarray(value, dtype=variable.dtype))
         for callback, saved in zip(self.steering, state["callbacks"], strict=True):
             for name, value in saved.items():
                 setattr(callback, name, value)
@@ -128,11 +135,18 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                 "weights_sha256": file_sha256(Path(self._weights_path)),
                 "best_weights": best_file,
                 "callbacks": [_state_of(callback) for callback in self.steering],
+                "generators": [np.asarray(v).tolist() for v in _generator_states(self.model)],
             },
         )
         for old in self.dir.glob("early_stopping_best.*.npz"):
             if old.name != best_file:
                 old.unlink()
+
+
+def _generator_states(model: keras.Model) -> list:
+    """The state variables of the model's random-number generators (those of its Dropout
+    layers), in the model's order."""
+    return [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]
 
 
 def _matches(state: dict, weights: Path, metadata: Path) -> bool:
