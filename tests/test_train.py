@@ -10,7 +10,7 @@ from conftest import run_stage, tiny_params
 from mlpipe import MlpipeError, features
 from mlpipe.modeling import models
 from mlpipe.schema import Schema, read_schema, read_splits
-from mlpipe.training import batches, callbacks, fit, losses, lr_find, optimizers
+from mlpipe.training import batches, callbacks, fit, losses, lr_find, members, optimizers, precision
 from mlpipe.util import runtime
 
 
@@ -333,3 +333,54 @@ def test_a_backup_is_resumed_only_at_the_same_rate():
     assert fit.fingerprint(auto, 7, 0.001) == fit.fingerprint(auto, 7, 0.001)
     assert fit.fingerprint(auto, 7, 0.001) != fit.fingerprint(auto, 7, 0.002)
     assert fit.fingerprint(auto, 7, 0.001) != fit.fingerprint(auto, 8, 0.001)
+
+
+def network_of(digits, **model) -> keras.Model:
+    splits, schema = digits
+    params = tiny_params(model=model)
+    runtime.seed_everything(params.seed)
+    return models.split_model(models.build_model(params.model, schema, splits["train"]))[1]
+
+
+@pytest.mark.parametrize(
+    "model, heads",
+    [
+        ({}, None),  # a Sequential stack: its last layer
+        ({"api": "functional", "aux_output": True}, ["aux", "main"]),
+        ({"api": "subclass", "aux_output": True}, ["aux", "main"]),
+        ({"ensemble_size": 2, "ensemble_weights": "independent"}, ["ensemble_output"]),
+    ],
+)
+def test_the_heads_are_the_layers_that_give_the_outputs(digits, model, heads):
+    network = network_of(digits, **model)
+    trained = members.members_view(network) or network
+    found = sorted(layer.name for layer in precision.head_layers(trained))
+    assert found == (heads or [network.layers[-1].name])
+
+
+def test_mixed_bfloat16_computes_all_but_the_heads_in_bfloat16(digits):
+    network = network_of(digits, hidden_units=[32, 16], dropout=0.1)
+    x = np.ones((2, network.input_shape[-1]), np.float32)
+    with precision.computing_in(network, "mixed_bfloat16"):
+        assert network.layers[0](x).dtype == "bfloat16"
+        assert network(x).dtype == "float32"
+        assert [layer.compute_dtype for layer in network.layers] == ["bfloat16"] * 4 + ["float32"]
+    assert {layer.compute_dtype for layer in network.layers} == {"float32"}
+
+
+@pytest.mark.slow
+def test_mixed_bfloat16_trains_reproducibly_and_saves_a_float32_model(digits, tmp_path):
+    (bf16, summary, _, xy), again = (
+        fit_tiny(digits, tmp_path / name, precision="mixed_bfloat16") for name in "ab"
+    )
+    float32 = fit_tiny(digits, tmp_path / "float32")[0]
+    x_valid, y_valid = xy["valid"]
+    predicted = bf16.predict(x_valid, verbose=0)
+    assert predicted.dtype == np.float32
+    assert {layer.compute_dtype for layer in bf16._flatten_layers()} == {"float32"}
+    assert (predicted.argmax(axis=1) == y_valid).mean() > 0.85
+    # Trained in bfloat16: other weights than float32 training, the same on every run
+    kernel = bf16.layers[0].kernel.numpy()
+    assert not np.array_equal(kernel, float32.layers[0].kernel.numpy())
+    assert np.array_equal(kernel, again[0].layers[0].kernel.numpy())
+    assert summary["best_monitor_value"] == again[1]["best_monitor_value"]

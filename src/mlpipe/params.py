@@ -255,6 +255,12 @@ class TrainParams(Section):
         description="Threads one TensorFlow op may use; 0: all cores; `auto`: 1 for batches of "
         "up to 512 rows, else all cores.",
     )
+    precision: Literal["float32", "mixed_bfloat16"] = Field(
+        "float32",
+        description="What the network computes in while it trains: float32, or mixed_bfloat16 "
+        "(float32 weights and heads, bfloat16 products; pays on GPUs and CPUs with AMX or "
+        "AVX-512 BF16, at large batches). The saved model computes in float32.",
+    )
     monitor: Annotated[str, AfterValidator(_check_monitor)] = Field(
         "val_loss",
         description="Validation metric for checkpointing and early stopping.",

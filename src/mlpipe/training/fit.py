@@ -24,7 +24,7 @@ from mlpipe import features
 from mlpipe.modeling import models
 from mlpipe.params import TrainParams
 from mlpipe.schema import Schema
-from mlpipe.training import losses, members, optimizers
+from mlpipe.training import losses, members, optimizers, precision
 from mlpipe.training.batches import ShuffledBatches, steps
 from mlpipe.training.callbacks import (
     AtomicCheckpoint,
@@ -132,14 +132,16 @@ def train(
     del splits  # frees the tables unless the caller keeps them (the train stage does not)
     # An ensemble trains each member on its own loss, through a view of the same weights
     trained = members.members_view(network) or network
-    with cluster.scope():
-        compile_model(trained, cfg, schema, learning_rate, steps_per_epoch, cluster.strategy)
-
     key = fingerprint(cfg, seed, learning_rate, input_files)
     try:
-        summary = fit_network(
-            trained, cfg, xy, dirs, seed, key, sample_weight, class_weight, cluster
-        )
+        with precision.computing_in(trained, cfg.precision):
+            with cluster.scope():
+                compile_model(
+                    trained, cfg, schema, learning_rate, steps_per_epoch, cluster.strategy
+                )
+            summary = fit_network(
+                trained, cfg, xy, dirs, seed, key, sample_weight, class_weight, cluster
+            )
     except TrainingDiverged:
         # Nothing of a diverged run is worth resuming, or showing.
         for folder in (dirs.backup, dirs.dvclive, dirs.tensorboard):
