@@ -19,7 +19,7 @@ SPEC ?= sweeps/learning_rate.yaml
 JOBS ?= 1
 
 .PHONY: help venv repro example examples report readme-results test test-fast lint format lock
-.PHONY: hooks dag bench bench-streaming sweep clean push pull gpu
+.PHONY: hooks dag bench bench-pipeline bench-streaming sweep clean push pull gpu
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
@@ -79,8 +79,11 @@ lock: venv ## regenerate requirements.txt from pyproject.toml, keeping the curre
 hooks: venv ## run `make lint`'s checks on every git commit (pre-commit)
 	$(BIN)/pre-commit install
 
-bench: venv ## throughput against Keras fit and scikit-learn, pipeline overhead (bench/results.md), under 10 min
+bench: venv ## training throughput against Keras fit and scikit-learn (bench/results.md), under 10 min
 	$(BIN)/python bench/bench.py
+
+bench-pipeline: venv ## dvc repro of the default pipeline against one plain script (bench/results.md), under 10 min
+	$(BIN)/python bench/bench.py --pipeline
 
 bench-streaming: venv ## 20M rows in Parquet shards through every stage (bench/streaming.json), about 25 min
 	$(BIN)/python bench/streaming.py

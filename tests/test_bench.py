@@ -24,6 +24,9 @@ def test_quick_benchmark_writes_results(tmp_path):
         "mlpipe_over_keras_fit_2048",
         "mlpipe_over_sklearn_32",
         "mlpipe_over_sklearn_256",
+        "bf16_over_float32_2048",
+        "bf16_over_keras_fit_2048",
+        "gemm_bound_fraction_2048",
         "sgemm_fraction_bs2048",
     }
     for name, figure in ratios.items():
@@ -36,6 +39,11 @@ def test_quick_benchmark_writes_results(tmp_path):
     mlpipe, keras = speeds["mlpipe"]["runs"], speeds["keras_fit"]["runs"]
     per_pair = [m / k for m, k in zip(mlpipe, keras, strict=True)]
     assert ratios["mlpipe_over_keras_fit_32"]["runs"] == pytest.approx(per_pair, rel=1e-2)
+    at_2048 = results["samples_per_s"]["2048"]
+    bf16, float32 = at_2048["mixed_bfloat16"]["runs"], at_2048["mlpipe"]["runs"]
+    per_pair = [b / f for b, f in zip(bf16, float32, strict=True)]
+    assert ratios["bf16_over_float32_2048"]["runs"] == pytest.approx(per_pair, rel=1e-2)
+    assert "mixed_bfloat16" in (tmp_path / "results.md").read_text()
     assert results["trainable_params"] == 64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
     assert "| 32 |" in (tmp_path / "results.md").read_text()
     digits = results["digits_valid_accuracy"]
