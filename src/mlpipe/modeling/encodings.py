@@ -19,7 +19,7 @@ import numpy as np
 from keras import ops
 
 from mlpipe.model_params import ModelParams, PeriodicParams
-from mlpipe.modeling.networks import hidden_layers, output_spec
+from mlpipe.modeling.networks import hidden_layers, member_initializer, output_spec
 from mlpipe.schema import Schema
 
 # Embedding width from the number of slots n (categories, unseen, missing): the rule of
@@ -79,41 +79,6 @@ def encode_features(
     return keras.layers.Concatenate(name="encoded")(parts)
 
 
-def member_initializer(name: str) -> keras.initializers.VarianceScaling:
-    """The initializer `name` for a kernel of shape (members, in, out), scaled by each member's
-    fan-in and fan-out: left to itself, EinsumDense would count the members as output units."""
-    base = keras.initializers.get(name)
-    return keras.initializers.VarianceScaling(
-        scale=base.scale,
-        mode=base.mode,
-        distribution=base.distribution,
-        input_axes=[1],
-        output_axes=[2],
-    )
-
-
-def member_hidden_layers(cfg: ModelParams, k: int) -> list[keras.layers.Layer]:
-    """`hidden_units` as k independent MLPs in one graph: `hidden_i` maps (batch, k, in) to
-    (batch, k, out), each member with its own kernel and bias; the first reads the encoded
-    features (batch, in) that every member shares."""
-    layers: list[keras.layers.Layer] = []
-    for i, units in enumerate(cfg.hidden_units, start=1):
-        layers.append(
-            keras.layers.EinsumDense(
-                "bf,kfh->bkh" if i == 1 else "bkf,kfh->bkh",
-                output_shape=(k, units),
-                bias_axes="kh",
-                activation=cfg.activation,
-                kernel_initializer=member_initializer(cfg.kernel_initializer),
-                kernel_regularizer=keras.regularizers.L2(cfg.l2) if cfg.l2 else None,
-                name=f"hidden_{i}",
-            )
-        )
-        if cfg.dropout > 0:
-            layers.append(keras.layers.Dropout(cfg.dropout, name=f"dropout_{i}"))
-    return layers
-
-
 def build_tabular_core(
     cfg: ModelParams,
     schema: Schema,
@@ -134,20 +99,19 @@ def build_tabular_core(
     k = cfg.ensemble_size
     width = z.shape[-1]
     adapter = None
-    if k > 1 and cfg.ensemble_weights == "independent":
-        layers = member_hidden_layers(cfg, k)
-    else:
-        if k > 1:
-            adapter = keras.layers.EinsumDense(
-                "bf,kf->bkf", output_shape=(k, width), name="ensemble_adapter"
-            )
-            z = adapter(z)
-        layers = hidden_layers(
-            **cfg.model_dump(
-                include={"hidden_units", "activation", "kernel_initializer", "l2", "dropout"}
-            ),
-            batch_norm=cfg.batch_norm,
+    independent = k > 1 and cfg.ensemble_weights == "independent"
+    if k > 1 and not independent:
+        adapter = keras.layers.EinsumDense(
+            "bf,kf->bkf", output_shape=(k, width), name="ensemble_adapter"
         )
+        z = adapter(z)
+    layers = hidden_layers(
+        **cfg.model_dump(
+            include={"hidden_units", "activation", "kernel_initializer", "l2", "dropout"}
+        ),
+        batch_norm=cfg.batch_norm,
+        members=k if independent else 1,
+    )
     for layer in layers:
         z = layer(z)
     units, activation = output_spec(schema)

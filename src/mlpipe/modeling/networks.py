@@ -26,25 +26,55 @@ def hidden_layers(
     l2: float = 0.0,
     dropout: float = 0.0,
     batch_norm: bool = False,
+    members: int = 1,
 ) -> list[keras.layers.Layer]:
     """Dense layers `hidden_1`, `hidden_2`..., each followed by batch normalization and dropout
-    when asked for."""
+    when asked for. With `members` k > 1, k independent MLPs in one graph: `hidden_i` maps
+    (batch, k, in) to (batch, k, out), each member with its own kernel and bias, and the first
+    reads features (batch, in) that every member shares."""
     layers: list[keras.layers.Layer] = []
     for i, units in enumerate(hidden_units, start=1):
-        layers.append(
-            keras.layers.Dense(
-                units,
-                activation=activation,
-                kernel_initializer=kernel_initializer,
-                kernel_regularizer=keras.regularizers.L2(l2) if l2 else None,
-                name=f"hidden_{i}",
+        regularizer = keras.regularizers.L2(l2) if l2 else None
+        if members > 1:
+            layers.append(
+                keras.layers.EinsumDense(
+                    "bf,kfh->bkh" if i == 1 else "bkf,kfh->bkh",
+                    output_shape=(members, units),
+                    bias_axes="kh",
+                    activation=activation,
+                    kernel_initializer=member_initializer(kernel_initializer),
+                    kernel_regularizer=regularizer,
+                    name=f"hidden_{i}",
+                )
             )
-        )
+        else:
+            layers.append(
+                keras.layers.Dense(
+                    units,
+                    activation=activation,
+                    kernel_initializer=kernel_initializer,
+                    kernel_regularizer=regularizer,
+                    name=f"hidden_{i}",
+                )
+            )
         if batch_norm:
             layers.append(keras.layers.BatchNormalization(name=f"batch_norm_{i}"))
         if dropout > 0:
             layers.append(keras.layers.Dropout(dropout, name=f"dropout_{i}"))
     return layers
+
+
+def member_initializer(name: str) -> keras.initializers.VarianceScaling:
+    """The initializer `name` for a kernel of shape (members, in, out), scaled by each member's
+    fan-in and fan-out: left to itself, EinsumDense would count the members as output units."""
+    base = keras.initializers.get(name)
+    return keras.initializers.VarianceScaling(
+        scale=base.scale,
+        mode=base.mode,
+        distribution=base.distribution,
+        input_axes=[1],
+        output_axes=[2],
+    )
 
 
 def output_spec(schema: Schema) -> tuple[int, str | None]:
